@@ -1,0 +1,283 @@
+"""On-device gradient statistics of one optimizer step, with one host sync per logged step.
+
+The trainer's ``optimizer_step`` is wrapped (see :mod:`yolo_gradmon.hook`); :meth:`GradientCapture.step`
+runs around it. Before the original step runs, the gradients are exactly what the optimizer is about to
+receive: accumulated over ``accumulate`` micro-batches, still multiplied by the AMP ``GradScaler``'s
+scale (divided out here, on the device) and not yet clipped by Ultralytics (``max_norm=10``).
+
+Per logged step the work is a handful of bulk ops over all gradient tensors (``torch._foreach_norm``
+for L2 and max-abs norms, one ``index_add_``/``index_reduce_`` segment reduction to modules) and one
+``.cpu()`` of a small vector. No per-parameter ``.item()``.
+
+The update/weight ratio ‖Δw‖/‖w‖ needs the weights before the step: one copy of the trainable weights
+is kept (the only extra memory; gradients are never copied). ‖Δw‖ of step *t* is measured on the device
+when the wrapper is next entered (the weights cannot change between two optimizer steps) and fetched
+with the next logged step's single sync, so a logged step becomes a complete record one logged step
+later, or at the epoch's end, whichever is first.
+
+The exact count of non-finite gradient values needs a pass per tensor; it runs only when the synced
+norms show a non-finite value (then one extra sync, on a step that is already abnormal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .layout import ModuleLayout, device_of
+
+INF = float("inf")
+
+
+@dataclasses.dataclass
+class StepStats:
+    """Host-side statistics of one logged optimizer step; per-module arrays follow ``layout.names``.
+
+    Non-finite statistics are NaN here; sinks store them as null.
+    """
+
+    step: int
+    epoch: int
+    lr: list[float]
+    amp_scale: float | None
+    amp_skipped: bool | None
+    total_norm: float
+    clip_active: bool
+    has_grad: np.ndarray
+    grad_norm: np.ndarray
+    weight_norm: np.ndarray
+    grad_to_weight: np.ndarray
+    update_to_weight: np.ndarray
+    max_abs_grad: np.ndarray
+    nonfinite: np.ndarray
+
+    def module_rows(self, names: Sequence[str]) -> list[dict]:
+        """Long-format rows (one per module that received a gradient)."""
+        cols = ("grad_norm", "weight_norm", "grad_to_weight", "update_to_weight", "max_abs_grad")
+        rows = []
+        for i, name in enumerate(names):
+            if not self.has_grad[i]:
+                continue
+            row = {"step": self.step, "epoch": self.epoch, "module": name}
+            for c in cols:
+                v = float(getattr(self, c)[i])
+                row[c] = v if math.isfinite(v) else None
+            row["nonfinite"] = int(self.nonfinite[i])
+            rows.append(row)
+        return rows
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A logged step whose host part is known and whose ‖Δw‖ / AMP-skip result is still on the device."""
+
+    stats: StepStats
+    scale_before: torch.Tensor | None
+    scale_after: torch.Tensor | None = None
+    update_sq: torch.Tensor | None = None
+
+
+class GradientCapture:
+    """Bulk, on-device gradient statistics for a fixed :class:`ModuleLayout`.
+
+    Args:
+        layout: the parameter grouping.
+        update_ratio: measure ‖Δw‖/‖w‖ (holds one copy of the trainable weights).
+        clip_norm: the trainer's gradient-clipping ``max_norm`` (Ultralytics: 10.0); decides ``clip_active``.
+    """
+
+    def __init__(self, layout: ModuleLayout, update_ratio: bool = True, clip_norm: float = 10.0):
+        self.layout = layout
+        self.update_ratio = update_ratio
+        self.clip_norm = clip_norm
+        self.device = device_of(layout)
+        self._group_of = torch.tensor(layout.group_of, dtype=torch.long, device=self.device)
+        self._present_key: tuple[bool, ...] | None = None
+        self._present_gid: torch.Tensor | None = None
+        self._pending: _Pending | None = None
+        self._copy: list[torch.Tensor] | None = None
+        self._copy_params: list[torch.Tensor] | None = None
+        self._copy_fresh = False  # weights copied before the last step, ‖Δw‖ not measured yet
+
+    # ------------------------------------------------------------------ public
+    def step(
+        self,
+        run_step: Callable[[], object],
+        *,
+        step: int,
+        epoch: int,
+        logged: bool,
+        lr: list[float],
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> list[StepStats]:
+        """Run ``run_step`` (the trainer's original optimizer step) with capture around it.
+
+        Returns the records completed by this call (zero or one; the current step's record completes later).
+        """
+        with torch.no_grad():
+            self._measure_update()
+            done: list[StepStats] = []
+            if logged:
+                done = self._capture(step, epoch, lr, scaler)
+        run_step()
+        if logged and self._pending is not None:
+            self._pending.scale_after = _scale_tensor(scaler)
+        return done
+
+    def flush(self) -> list[StepStats]:
+        """Complete the pending record with the current weights (call at epoch and train end)."""
+        with torch.no_grad():
+            self._measure_update()
+            if self._pending is None:
+                return []
+            stats = self._complete(self._pending, _sync(self._pending_tensors()))
+        self._pending = None
+        return [stats]
+
+    # ------------------------------------------------------------------ internals
+    def _gid(self, present: tuple[bool, ...]) -> torch.Tensor:
+        if present != self._present_key:
+            idx = [i for i, ok in enumerate(present) if ok]
+            self._present_gid = self._group_of[torch.tensor(idx, dtype=torch.long, device=self.device)]
+            self._present_key = present
+        return self._present_gid
+
+    def _capture(self, step, epoch, lr, scaler) -> list[StepStats]:
+        L = self.layout
+        G = L.n_groups
+        present = tuple(p.grad is not None for p in L.params)
+        grads = [p.grad for p in L.params if p.grad is not None]
+        gid = self._gid(present)
+        zeros = torch.zeros(G, device=self.device, dtype=torch.float32)
+        scale = _scale_tensor(scaler)
+        if grads:
+            gn = torch.stack(torch._foreach_norm(grads)).float()
+            gmax = torch.stack(torch._foreach_norm(grads, INF)).float()
+            if scale is not None:
+                inv = scale.double().reciprocal().float()
+                gn, gmax = gn * inv, gmax * inv
+            grad_sq = zeros.index_add(0, gid, gn * gn)
+            max_abs = zeros.scatter_reduce(0, gid, gmax, reduce="amax", include_self=True)
+        else:
+            grad_sq, max_abs = zeros, zeros
+        wn = torch.stack(torch._foreach_norm(L.params)).float() if L.params else zeros[:0]
+        weight_sq = zeros.index_add(0, self._group_of, wn * wn)
+        if self.update_ratio:
+            self._snapshot_weights()
+
+        parts = [grad_sq, weight_sq, max_abs]
+        if scale is not None:
+            parts.append(scale.float().reshape(1))
+        if self._pending is not None:
+            parts = self._pending_tensors() + parts
+        host = _sync(parts)
+        done = []
+        if self._pending is not None:
+            n_prev = sum(t.numel() for t in self._pending_tensors())
+            done.append(self._complete(self._pending, host[:n_prev]))
+            host = host[n_prev:]
+        grad_sq_h, weight_sq_h, max_abs_h = host[:G], host[G : 2 * G], host[2 * G : 3 * G]
+        amp_scale = float(host[3 * G]) if scale is not None else None
+
+        has_grad = np.zeros(G, dtype=bool)
+        has_grad[np.asarray([g for g, ok in zip(L.group_of, present) if ok], dtype=np.int64)] = True
+        grad_norm = np.sqrt(grad_sq_h)
+        weight_norm = np.sqrt(weight_sq_h)
+        nonfinite = np.zeros(G, dtype=np.int64)
+        if not np.all(np.isfinite(grad_norm[has_grad])):
+            nonfinite = self._count_nonfinite(grads, gid, G)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g2w = np.where(weight_norm > 0, grad_norm / weight_norm, np.nan)
+        total = float(np.sqrt(grad_sq_h[has_grad].sum())) if has_grad.any() else 0.0
+        stats = StepStats(
+            step=step,
+            epoch=epoch,
+            lr=[float(x) for x in lr],
+            amp_scale=amp_scale,
+            amp_skipped=None,
+            total_norm=total,
+            clip_active=bool(total > self.clip_norm) if math.isfinite(total) else True,
+            has_grad=has_grad,
+            grad_norm=np.where(has_grad, grad_norm, np.nan),
+            weight_norm=weight_norm,
+            grad_to_weight=np.where(has_grad, g2w, np.nan),
+            update_to_weight=np.full(G, np.nan),
+            max_abs_grad=np.where(has_grad, max_abs_h, np.nan),
+            nonfinite=nonfinite,
+        )
+        self._pending = _Pending(stats, scale_before=scale.clone() if scale is not None else None)
+        return done
+
+    def _count_nonfinite(self, grads, gid, G) -> np.ndarray:
+        """Exact per-module count of NaN/Inf gradient values (abnormal steps only: one extra sync)."""
+        counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).to(torch.float64)
+        out = torch.zeros(G, dtype=torch.float64, device=self.device).index_add(0, gid, counts)
+        return out.cpu().numpy().astype(np.int64)
+
+    def _snapshot_weights(self) -> None:
+        params = [p for p in self.layout.params if p.requires_grad]
+        if self._copy is None or len(self._copy) != len(params):
+            self._copy = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
+        self._copy_params = params
+        with torch.no_grad():
+            torch._foreach_copy_(self._copy, [p.detach() for p in params])
+        self._copy_fresh = True
+
+    def _measure_update(self) -> None:
+        """‖w_now - w_before‖² per module for the last logged step, on the device."""
+        if not self._copy_fresh or self._pending is None:
+            return
+        self._copy_fresh = False
+        params = self._copy_params
+        with torch.no_grad():
+            torch._foreach_sub_(self._copy, [p.detach() for p in params])
+            dn = torch.stack(torch._foreach_norm(self._copy)).float()
+        gid = self._group_of_trainable()
+        self._pending.update_sq = torch.zeros(self.layout.n_groups, device=self.device).index_add(0, gid, dn * dn)
+
+    def _group_of_trainable(self) -> torch.Tensor:
+        key = ("trainable", len(self._copy_params))
+        if getattr(self, "_trainable_key", None) != key:
+            idx = [i for i, p in enumerate(self.layout.params) if p.requires_grad]
+            self._trainable_gid = self._group_of[torch.tensor(idx, dtype=torch.long, device=self.device)]
+            self._trainable_key = key
+        return self._trainable_gid
+
+    def _pending_tensors(self) -> list[torch.Tensor]:
+        p = self._pending
+        G = self.layout.n_groups
+        upd = p.update_sq if p.update_sq is not None else torch.full((G,), float("nan"), device=self.device)
+        parts = [upd.float()]
+        if p.scale_before is not None and p.scale_after is not None:
+            parts.append((p.scale_after < p.scale_before).float().reshape(1))
+        return parts
+
+    def _complete(self, pending: _Pending, host: np.ndarray) -> StepStats:
+        G = self.layout.n_groups
+        s = pending.stats
+        upd = np.sqrt(host[:G])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u2w = np.where(s.weight_norm > 0, upd / s.weight_norm, np.nan)
+        s.update_to_weight = np.where(np.array(self.layout.trainable), u2w, np.nan)
+        if len(host) > G:
+            s.amp_skipped = bool(host[G] > 0.5)
+        return s
+
+
+def _scale_tensor(scaler) -> torch.Tensor | None:
+    """The GradScaler's current scale as a device tensor (no sync), or None when AMP scaling is off."""
+    if scaler is None or not scaler.is_enabled():
+        return None
+    scale = getattr(scaler, "_scale", None)
+    return scale if isinstance(scale, torch.Tensor) else None
+
+
+def _sync(parts: list[torch.Tensor]) -> np.ndarray:
+    """The one device-to-host transfer of a logged step."""
+    if not parts:
+        return np.zeros(0)
+    return torch.cat([p.reshape(-1).float() for p in parts]).cpu().double().numpy()

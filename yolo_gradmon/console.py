@@ -1,0 +1,57 @@
+"""Console output: one line at start, one compact table at train end, flag warnings. Nothing per step."""
+
+from __future__ import annotations
+
+from ultralytics.utils import LOGGER
+
+from .rules import Flag
+from .sinks.base import PREFIX
+
+
+def _g(v) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def format_table(summary: dict) -> list[str]:
+    """Rows: module, logged steps, median grad norm, median grad/weight, flags."""
+    flags_of: dict[str, list[str]] = {}
+    for f in summary.get("flags", []):
+        flags_of.setdefault(f["module"], []).append(f["kind"])
+    stats = {s["module"]: s for s in summary.get("module_stats", [])}
+    width = max([len(m) for m in summary["modules"]] + [6])
+    head = f"{'module':<{width}} {'steps':>6} {'grad norm':>10} {'grad/w':>10}  flags"
+    lines = [head]
+    for m, trainable in zip(summary["modules"], summary.get("trainable") or [True] * len(summary["modules"])):
+        s = stats.get(m)
+        if s is None:
+            note = "frozen" if not trainable else "no gradient"
+            lines.append(f"{m:<{width}} {0:>6} {'-':>10} {'-':>10}  ({note})")
+            continue
+        fl = ",".join(sorted(set(flags_of.get(m, [])))) or "-"
+        lines.append(
+            f"{m:<{width}} {s['steps']:>6} {_g(s['median_grad_norm']):>10} {_g(s['median_grad_to_weight']):>10}  {fl}"
+        )
+    return lines
+
+
+def print_start(n_modules: int, n_trainable: int, granularity: str, log_every: int, where: str, extra: str = "") -> None:
+    every = "every optimizer step" if log_every == 1 else f"every {log_every} optimizer steps"
+    LOGGER.info(
+        f"{PREFIX}watching gradients of {n_modules} {granularity}s with parameters ({n_trainable} trainable) {every}, "
+        f"before clipping; writing {where}{extra}"
+    )
+
+
+def print_end(summary: dict, where: str) -> None:
+    n = summary["steps_logged"]
+    verdict = (
+        "too few steps to judge" if summary.get("too_few_steps") else f"{len(summary['flagged_modules'])} module(s) flagged"
+    )
+    LOGGER.info(f"\n{PREFIX}{n} optimizer step(s) logged, {verdict}. Medians over logged steps:")
+    for line in format_table(summary):
+        LOGGER.info(f"  {line}")
+    LOGGER.info(f"{PREFIX}results in {where}")
+
+
+def warn_flag(flag: Flag) -> None:
+    LOGGER.warning(f"{PREFIX}{flag.describe()}")

@@ -1,0 +1,99 @@
+"""The derived local outputs of a run: ``gradients.parquet``, ``steps.parquet`` and ``summary.json``.
+
+Written at train end from the monitor's history, and rebuilt from the append-only log alone by
+:func:`rebuild` (``yolo-gradmon report``), e.g. for a run that was killed before train end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .config import GradmonConfig
+from .logfile import SCHEMA_VERSION, dumps, locate_log, module_frame, read_log, step_frame
+from .rules import Flag, evaluate
+
+PARQUET_NAME = "gradients.parquet"
+STEPS_PARQUET_NAME = "steps.parquet"
+SUMMARY_NAME = "summary.json"
+
+
+def module_table(frame: pl.DataFrame, modules: list[str]) -> list[dict]:
+    """Per-module medians over the logged steps, in depth order."""
+    if frame.height == 0:
+        return []
+    agg = frame.group_by("module").agg(
+        pl.len().alias("steps"),
+        pl.col("grad_norm").median().alias("median_grad_norm"),
+        pl.col("grad_to_weight").median().alias("median_grad_to_weight"),
+        pl.col("update_to_weight").median().alias("median_update_to_weight"),
+        pl.col("max_abs_grad").max().alias("max_abs_grad"),
+        pl.col("nonfinite").sum().alias("nonfinite"),
+    )
+    by_name = {r["module"]: r for r in agg.to_dicts()}
+    return [by_name[m] for m in modules if m in by_name]
+
+
+def build_summary(header: dict, records: list[dict], flags: list[Flag], complete: bool) -> dict:
+    """The ``summary.json`` content (pure: no file access)."""
+    modules = list(header["modules"])
+    frame = module_frame(records, modules)
+    steps = [r["step"] for r in records]
+    cfg = header.get("config", {})
+    min_steps = int(cfg.get("min_steps", GradmonConfig.min_steps))
+    return {
+        "schema": SCHEMA_VERSION,
+        "model": header.get("model"),
+        "task": header.get("task"),
+        "granularity": header.get("granularity"),
+        "log_every": cfg.get("log_every"),
+        "modules": modules,
+        "trainable": header.get("trainable"),
+        "numel": header.get("numel"),
+        "steps_logged": len(records),
+        "first_step": min(steps) if steps else None,
+        "last_step": max(steps) if steps else None,
+        "epochs": max((r["epoch"] for r in records), default=0),
+        "complete": complete,
+        "too_few_steps": len(records) < min_steps,
+        "flags": [f.to_dict() for f in flags],
+        "flagged_modules": sorted({f.module for f in flags}),
+        "module_stats": module_table(frame, modules),
+        "config": cfg,
+    }
+
+
+def write_outputs(out_dir: Path, header: dict, records: list[dict], flags: list[Flag], complete: bool) -> dict:
+    """Write the Parquet files and ``summary.json`` into ``out_dir``; return the summary."""
+    out_dir = Path(out_dir)
+    modules = list(header["modules"])
+    module_frame(records, modules).write_parquet(out_dir / PARQUET_NAME)
+    step_frame(records).write_parquet(out_dir / STEPS_PARQUET_NAME)
+    summary = build_summary(header, records, flags, complete)
+    (out_dir / SUMMARY_NAME).write_text(json.dumps(json.loads(dumps(summary)), indent=2))
+    return summary
+
+
+def rebuild(path: str | Path) -> dict:
+    """Rebuild Parquet and ``summary.json`` from ``gradients.jsonl`` alone (``path``: run dir, gradmon dir or log)."""
+    log_path = locate_log(path)
+    log = read_log(log_path)
+    cfg = GradmonConfig.from_dict(log.header.get("config", {}))
+    flags = evaluate(log.modules, log.header["trainable"], log.steps, cfg)
+    return write_outputs(log_path.parent, log.header, log.steps, flags, complete=log.ended)
+
+
+def load_summary(path: str | Path) -> dict:
+    p = Path(path)
+    for cand in (p, p / SUMMARY_NAME, p / "gradmon" / SUMMARY_NAME):
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    raise FileNotFoundError(f"no {SUMMARY_NAME} at {p}")
+
+
+def median_or_nan(values) -> float:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    return float(np.nanmedian(arr)) if arr.size and np.isfinite(arr).any() else float("nan")
