@@ -23,11 +23,14 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="gradmon-tests-"))
 DATASETS_DIR = _SESSION_DIR / "datasets"
 RUNS_DIR = _SESSION_DIR / "runs"
 CONFIG_DIR = _SESSION_DIR / "ultralytics-config"
-CONFIG_DIR.mkdir(parents=True)
-(CONFIG_DIR / "settings.json").write_text(
+(CONFIG_DIR / "Ultralytics").mkdir(parents=True)
+(CONFIG_DIR / "Ultralytics" / "settings.json").write_text(
     json.dumps(
         {
             "settings_version": "0.0.8",
+            "uuid": "gradmon-tests",
+            "api_key": "",
+            "openai_api_key": "",
             "datasets_dir": str(DATASETS_DIR),
             "weights_dir": str(_SESSION_DIR / "weights"),
             "runs_dir": str(RUNS_DIR),

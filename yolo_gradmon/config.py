@@ -34,8 +34,6 @@ class GradmonConfig:
     log_every: int = 1
     granularity: str = "layer"
     update_ratio: bool = True
-    flow: bool = False
-    activation_health: bool = False
     # where it goes
     wandb: bool = True
     wandb_media_every: int = 0
@@ -45,7 +43,6 @@ class GradmonConfig:
     clip_norm: float = 10.0
     vanish_grad_to_weight: float = 1e-6
     vanish_update_to_weight: float = 1e-7
-    vanish_flow_attenuation: float = 1e-4
     vanish_window: int = 5
     explode_factor: float = 100.0
     explode_window: int = 1

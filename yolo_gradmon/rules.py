@@ -14,7 +14,8 @@ Windows are counted in *logged* steps, so ``log_every`` changes wall time, not t
 - ``exploding``: grad norm above ``explode_factor`` x its running median for ``explode_window`` consecutive
   logged steps, after ``min_steps`` steps of history.
 
-Steps inside Ultralytics' warm-up are not evidence for vanishing/dead when ``warmup_skip`` is on.
+Inside Ultralytics' warm-up the learning rate ramps up from 0, so update/weight ratios there are not
+evidence of vanishing when ``warmup_skip`` is on (grad/weight ratios still are: they do not depend on lr).
 """
 
 from __future__ import annotations
@@ -115,17 +116,17 @@ class RuleEngine:
                 new += self._raise("nonfinite", i, view.step, {"nonfinite_values": nf, "grad_norm": g})
                 continue
             # dead
-            self._zero[i] = self._zero[i] + 1 if g == 0.0 and not (view.warmup and cfg.warmup_skip) else 0
+            self._zero[i] = self._zero[i] + 1 if g == 0.0 else 0
             if self._zero[i] >= cfg.dead_window:
                 new += self._raise("dead", i, view.step, {"zero_steps": int(self._zero[i]), "window": cfg.dead_window})
             # vanishing (hysteresis)
+            if view.warmup and cfg.warmup_skip:
+                u = float("nan")  # warm-up ramps lr from 0: tiny updates there say nothing about gradients
             low = g > 0.0 and (
                 (math.isfinite(r) and r < cfg.vanish_grad_to_weight)
                 or (math.isfinite(u) and u < cfg.vanish_update_to_weight)
             )
-            if view.warmup and cfg.warmup_skip:
-                pass
-            elif low:
+            if low:
                 self._low[i] += 1
                 self._ok[i] = 0
                 if self._low[i] >= cfg.vanish_window:
