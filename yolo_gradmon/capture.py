@@ -156,7 +156,7 @@ class GradientCapture:
         scale = _scale_tensor(scaler)
         if grads:
             gn = torch.stack(torch._foreach_norm(grads)).float()
-            gmax = torch.stack(torch._foreach_norm(grads, INF)).float()
+            gmax = _max_abs(grads)
             if scale is not None:
                 inv = scale.double().reciprocal().float()
                 gn, gmax = gn * inv, gmax * inv
@@ -266,6 +266,15 @@ class GradientCapture:
         if len(host) > G:
             s.amp_skipped = bool(host[G] > 0.5)
         return s
+
+
+def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """max |x| per tensor, on the device. CUDA has a fused multi-tensor inf-norm; on CPU that kernel is
+    ~7x slower than a min/max reduction (measured: 4.6 ms vs 0.66 ms for YOLO26n's 366 gradients)."""
+    if tensors[0].device.type == "cpu":
+        mins, maxs = zip(*(torch.aminmax(t) for t in tensors))
+        return torch.maximum(torch.stack(maxs), -torch.stack(mins)).float()
+    return torch.stack(torch._foreach_norm(tensors, INF)).float()
 
 
 def _scale_tensor(scaler) -> torch.Tensor | None:

@@ -47,7 +47,9 @@ def train(pairs: list[str], demo: bool = False) -> int:
 
         project = Path(trainer_args.get("project", "runs/gradmon"))
         trainer_args.setdefault("data", demo_data(project))
-        defaults = {"epochs": 5, "imgsz": 320, "batch": 8, "project": str(project), "name": "demo", "plots": False}
+        # nbs=batch: every batch is an optimizer step, so a short demo still logs a readable history
+        defaults = {"epochs": 10, "imgsz": 320, "batch": 8, "nbs": 8, "project": str(project), "name": "demo",
+                    "plots": False}
         for k, v in defaults.items():
             trainer_args.setdefault(k, v)
     model = YOLO(str(trainer_args.pop("model", "yolo26n.yaml")))

@@ -1,0 +1,276 @@
+"""Side-by-side overhead benchmark of yolo_gradmon against no monitor and ``wandb.watch``.
+
+One process, one real Ultralytics trainer, one fixed batch, same seed. Each repetition runs every
+variant in turn (interleaved A/B), each for ``--steps`` real training steps (forward, loss, backward,
+the trainer's ``optimizer_step``), and the median step time per variant is compared with "no monitor".
+Besides the ratio of medians (which includes the machine's noise), the monitor's own added time is
+timed directly inside its wrapper (time in the wrapper minus the time of the original step).
+
+    python benchmarks/overhead.py --model yolo26n.yaml --batch 16 --imgsz 640
+    python benchmarks/overhead.py --model yolo11n.yaml --batch 1 --imgsz 320 --reps 15
+    python benchmarks/overhead.py --scaling          # capture cost vs parameter count (n/s/m) + memory bandwidth
+
+Writes a JSON file (``--out``, default ``benchmarks/results/overhead-<model>-b<batch>-<imgsz>.json``).
+Needs COCO8 or COCO128 in the Ultralytics datasets dir (``yolo settings datasets_dir=...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def build_trainer(model: str, data: str, batch: int, imgsz: int, device: str, project: str):
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    overrides = dict(model=model, data=data, imgsz=imgsz, batch=batch, device=device, workers=0, plots=False,
+                     val=False, epochs=1, project=project, name="bench", exist_ok=True, seed=0, amp=device != "cpu")
+    tr = DetectionTrainer(overrides=overrides)
+    tr._setup_train()
+    tr.epoch = 0
+    return tr
+
+
+def fixed_batch(tr, batch: int):
+    """One preprocessed batch of exactly ``batch`` images (repeating the dataset if it is smaller)."""
+    imgs, rows = [], []
+    n = 0
+    for b in tr.train_loader:
+        for k in range(b["img"].shape[0]):
+            if n == batch:
+                break
+            imgs.append(b["img"][k : k + 1])
+            sel = b["batch_idx"] == k
+            rows.append((n, b["cls"][sel], b["bboxes"][sel]))
+            n += 1
+        if n == batch:
+            break
+    while n < batch:  # small dataset: repeat images
+        i = n % len(imgs)
+        imgs.append(imgs[i])
+        rows.append((n, rows[i][1], rows[i][2]))
+        n += 1
+    out = {
+        "img": torch.cat(imgs),
+        "batch_idx": torch.cat([torch.full((len(c),), float(j)) for j, c, _ in rows]),
+        "cls": torch.cat([c for _, c, _ in rows]),
+        "bboxes": torch.cat([bb for _, _, bb in rows]),
+    }
+    return tr.preprocess_batch(out)
+
+
+def train_step(tr, batch):
+    from ultralytics.utils.torch_utils import autocast
+
+    with autocast(tr.amp, device=tr.device.type):
+        loss, _ = tr.model(batch)
+    tr.scaler.scale(loss.sum()).backward()
+    tr.optimizer_step()
+
+
+class Timer:
+    """Accumulates the monitor's own time: wrapper time minus the original optimizer step's time."""
+
+    def __init__(self):
+        self.added = 0.0
+
+    def wrap(self, tr):
+        inner = tr.optimizer_step  # the monitor's wrapper
+        original = inner._gradmon_original
+        timer = self
+
+        def timed_original(*a, **k):
+            t0 = time.perf_counter()
+            original(*a, **k)
+            timer.added -= time.perf_counter() - t0
+
+        def outer():
+            t0 = time.perf_counter()
+            inner()
+            timer.added += time.perf_counter() - t0
+
+        # route the monitor's call of the original through the timer
+        closure_swap(inner, original, timed_original)
+        tr.optimizer_step = outer
+
+
+def closure_swap(fn, old, new):
+    for cell in fn.__closure__ or ():
+        if cell.cell_contents is old:
+            cell.cell_contents = new
+
+
+@contextlib.contextmanager
+def variant(name: str, tr, workdir: Path):
+    """Set up one variant on the trainer; yields a Timer (or None) and tears it down."""
+    from yolo_gradmon import GradientMonitor
+
+    if name == "plain":
+        yield None
+        return
+    if name == "wandb.watch":
+        import wandb
+
+        run = wandb.run or wandb.init(project="gradmon-bench", dir=str(workdir), mode="offline")
+        wandb.watch(tr.model, log="gradients", log_freq=1)
+        try:
+            yield None
+        finally:
+            wandb.unwatch(tr.model)
+        return
+    gran, sinks = name.split("+", 1) if "+" in name else (name, "local")
+    mon = GradientMonitor(granularity=gran, log_every=1, wandb=(sinks == "wandb"), console=False)
+    tr.save_dir = workdir / name.replace("+", "_")
+    mon.on_train_start(tr)
+    mon.on_train_epoch_start(tr)
+    timer = Timer()
+    timer.wrap(tr)
+    try:
+        yield timer
+    finally:
+        mon.on_train_end(tr)
+        tr.__dict__.pop("optimizer_step", None)
+
+
+def measure(args) -> dict:
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="gradmon-bench-"))
+    tr = build_trainer(args.model, args.data, args.batch, args.imgsz, args.device, str(work))
+    batch = fixed_batch(tr, args.batch)
+    variants = ["plain", "layer", "layer+wandb", "module", "param"]
+    if not args.no_watch:
+        variants.append("wandb.watch")
+    times = {v: [] for v in variants}
+    added = {v: [] for v in variants}
+    for _ in range(2):  # warm-up
+        train_step(tr, batch)
+    for rep in range(args.reps):
+        order = variants if rep % 2 == 0 else list(reversed(variants))
+        for v in order:
+            with variant(v, tr, work) as timer:
+                train_step(tr, batch)  # untimed first step of the variant
+                for _ in range(args.steps):
+                    if tr.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    a0 = timer.added if timer else 0.0
+                    t0 = time.perf_counter()
+                    train_step(tr, batch)
+                    if tr.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times[v].append(time.perf_counter() - t0)
+                    if timer:
+                        added[v].append(timer.added - a0)
+        print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{v}={statistics.median(times[v]) * 1e3:.1f}ms" for v in variants), flush=True)
+    base = statistics.median(times["plain"])
+    watch_added = statistics.median(times["wandb.watch"]) - base if "wandb.watch" in times else None
+    result = {
+        "model": args.model, "batch": args.batch, "imgsz": args.imgsz, "device": args.device,
+        "threads": args.threads, "reps": args.reps, "steps_per_rep": args.steps,
+        "params": sum(p.numel() for p in tr.model.parameters()),
+        "variants": {},
+    }
+    for v in variants:
+        med = statistics.median(times[v])
+        row = {"median_step_s": med, "ratio_to_plain": med / base}
+        if added[v]:
+            a = statistics.median(added[v])
+            row["monitor_added_s"] = a
+            row["monitor_added_fraction"] = a / base
+            if watch_added:
+                row["watch_added_over_monitor_added"] = watch_added / a if a > 0 else None
+        result["variants"][v] = row
+    result["weight_copy_bytes"] = sum(p.numel() * p.element_size() for p in tr.model.parameters() if p.requires_grad)
+    if tr.device.type == "cuda":
+        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+    else:
+        import psutil
+
+        result["process_rss_bytes"] = psutil.Process().memory_info().rss
+    return result
+
+
+def scaling(args) -> dict:
+    """Capture cost alone vs model size, against the machine's copy bandwidth measured in-process."""
+    from ultralytics import YOLO
+
+    from yolo_gradmon.capture import GradientCapture
+    from yolo_gradmon.layout import build_layout
+
+    torch.set_num_threads(args.threads)
+    src = torch.randn(64 * 2**20 // 4 * 4)  # 256 MB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    bw = 5 * 2 * src.numel() * 4 / (time.perf_counter() - t0)
+    del src, dst
+    out = {"copy_bandwidth_GBps": bw / 1e9, "models": []}
+    base = args.model.replace("n.yaml", "").replace("s.yaml", "").replace("m.yaml", "")
+    for scale in ("n", "s", "m"):
+        net = YOLO(f"{base}{scale}.yaml").model.to(args.device)
+        for p in net.parameters():
+            p.grad = torch.randn_like(p)
+        for gran in ("layer", "param"):
+            layout = build_layout(net, gran)
+            cap = GradientCapture(layout, update_ratio=True)
+            ts = []
+            for i in range(args.reps + 1):
+                t0 = time.perf_counter()
+                cap.step(lambda: None, step=i + 1, epoch=1, logged=True, lr=[0.0])
+                ts.append(time.perf_counter() - t0)
+            med = statistics.median(ts[1:])
+            nparam = sum(p.numel() for p in net.parameters())
+            # bytes touched per logged step: grads read twice (L2, max), weights read twice (norm, copy),
+            # copy written once, copy+weights read for the delta, delta norm read once
+            nbytes = nparam * 4 * 8
+            out["models"].append({
+                "model": f"{base}{scale}", "granularity": gran, "params": nparam, "tensors": len(layout.params),
+                "modules": layout.n_groups, "capture_ms": med * 1e3, "bytes_touched": nbytes,
+                "achieved_GBps": nbytes / med / 1e9,
+            })
+            print(out["models"][-1], flush=True)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="yolo26n.yaml")
+    ap.add_argument("--data", default="coco128.yaml")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-watch", action="store_true", help="skip the wandb.watch peer")
+    ap.add_argument("--scaling", action="store_true", help="capture cost vs n/s/m scale and memory bandwidth")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    res = scaling(args) if args.scaling else measure(args)
+    name = "scaling" if args.scaling else f"overhead-{Path(args.model).stem}-b{args.batch}-{args.imgsz}"
+    out = Path(args.out or Path(__file__).parent / "results" / f"{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    if not args.scaling:
+        print(f"\n{'variant':<14} {'median step':>12} {'ratio':>7} {'monitor added':>14}")
+        for v, r in res["variants"].items():
+            add = f"{r['monitor_added_s'] * 1e3:.2f} ms ({r['monitor_added_fraction'] * 100:.2f}%)" if "monitor_added_s" in r else ""
+            print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} {add:>14}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
