@@ -154,8 +154,10 @@ class GradientCapture:
         gid = self._gid(present)
         zeros = torch.zeros(G, device=self.device, dtype=torch.float32)
         scale = _scale_tensor(scaler)
+        # one multi-tensor norm call for gradients and weights (one stack: per-tensor overhead dominates on CPU)
+        norms = torch.stack(torch._foreach_norm(grads + L.params)).float() if L.params else zeros[:0]
+        gn, wn = norms[: len(grads)], norms[len(grads) :]
         if grads:
-            gn = torch.stack(torch._foreach_norm(grads)).float()
             gmax = _max_abs(grads)
             if scale is not None:
                 inv = scale.double().reciprocal().float()
@@ -164,7 +166,6 @@ class GradientCapture:
             max_abs = zeros.scatter_reduce(0, gid, gmax, reduce="amax", include_self=True)
         else:
             grad_sq, max_abs = zeros, zeros
-        wn = torch.stack(torch._foreach_norm(L.params)).float() if L.params else zeros[:0]
         weight_sq = zeros.index_add(0, self._group_of, wn * wn)
         if self.update_ratio:
             self._snapshot_weights()
@@ -224,7 +225,7 @@ class GradientCapture:
             self._copy = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
         self._copy_params = params
         with torch.no_grad():
-            torch._foreach_copy_(self._copy, [p.detach() for p in params])
+            torch._foreach_copy_(self._copy, params)  # under no_grad: no detach needed
         self._copy_fresh = True
 
     def _measure_update(self) -> None:
@@ -234,7 +235,7 @@ class GradientCapture:
         self._copy_fresh = False
         params = self._copy_params
         with torch.no_grad():
-            torch._foreach_sub_(self._copy, [p.detach() for p in params])
+            torch._foreach_sub_(self._copy, params)
             dn = torch.stack(torch._foreach_norm(self._copy)).float()
         gid = self._group_of_trainable()
         self._pending.update_sq = torch.zeros(self.layout.n_groups, device=self.device).index_add(0, gid, dn * dn)
