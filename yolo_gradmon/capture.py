@@ -10,10 +10,12 @@ for L2 and max-abs norms, one ``index_add_``/``index_reduce_`` segment reduction
 ``.cpu()`` of a small vector. No per-parameter ``.item()``.
 
 The update/weight ratio ‖Δw‖/‖w‖ needs the weights before the step: one copy of the trainable weights
-is kept (the only extra memory; gradients are never copied). ‖Δw‖ of step *t* is measured on the device
-when the wrapper is next entered (the weights cannot change between two optimizer steps) and fetched
-with the next logged step's single sync, so a logged step becomes a complete record one logged step
-later, or at the epoch's end, whichever is first.
+is kept (the only extra memory; gradients are never copied; float32 for half/bfloat16 weights). ‖Δw‖ of
+step *t* is measured on the device right after the step (a callback may reload weights before the next
+one) and fetched with the next logged step's single sync, so a logged step becomes a complete record one
+logged step later (written before that step runs), or at the epoch's end, whichever is first.
+
+Norms are reduced and returned in float32 whatever the parameter dtype (a float16 norm overflows above 65504).
 
 The exact count of non-finite gradient values needs a pass per tensor; it runs only when the synced
 norms show a non-finite value (then one extra sync, on a step that is already abnormal).
@@ -113,19 +115,28 @@ class GradientCapture:
         logged: bool,
         lr: list[float],
         scaler: torch.amp.GradScaler | None = None,
+        on_complete: Callable[[list[StepStats]], None] | None = None,
     ) -> list[StepStats]:
         """Run ``run_step`` (the trainer's original optimizer step) with capture around it.
 
-        Returns the records completed by this call (zero or one; the current step's record completes later).
+        Returns the records completed by this call (zero or one; the current step's record completes later),
+        or, with ``on_complete``, passes them to it *before* ``run_step`` runs and returns ``[]``.
         """
         with torch.no_grad():
             self._measure_update()
             done: list[StepStats] = []
             if logged:
                 done = self._capture(step, epoch, lr, scaler)
+        if on_complete is not None and done:
+            on_complete(done)  # written before the step runs: a kill during it loses no completed record
+            done = []
         run_step()
-        if logged and self._pending is not None:
-            self._pending.scale_after = _scale_tensor(scaler)
+        with torch.no_grad():
+            # ‖Δw‖ now, on the device: weights reloaded before the next step must not count as this step's update
+            self._measure_update()
+            if logged and self._pending is not None:
+                scale = _scale_tensor(scaler)  # a copy: later (unlogged) steps update the scaler in place
+                self._pending.scale_after = scale.clone() if scale is not None else None
         return done
 
     def flush(self) -> list[StepStats]:
@@ -155,7 +166,8 @@ class GradientCapture:
         zeros = torch.zeros(G, device=self.device, dtype=torch.float32)
         scale = _scale_tensor(scaler)
         # one multi-tensor norm call for gradients and weights (one stack: per-tensor overhead dominates on CPU)
-        norms = torch.stack(torch._foreach_norm(grads + L.params)).float() if L.params else zeros[:0]
+        low = any(p.dtype in _LOW_PRECISION for p in L.params)  # grads share their parameter's dtype
+        norms = _l2_norms(grads + L.params, low) if L.params else zeros[:0]
         gn, wn = norms[: len(grads)], norms[len(grads) :]
         if grads:
             gmax = _max_abs(grads)
@@ -222,10 +234,16 @@ class GradientCapture:
     def _snapshot_weights(self) -> None:
         params = [p for p in self.layout.params if p.requires_grad]
         if self._copy is None or len(self._copy) != len(params):
-            self._copy = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
+            # half/bfloat16 weights: a float32 copy, so w_before - w_after is exact (a half difference rounds)
+            self._copy = [
+                torch.empty_like(p, dtype=torch.float32 if p.dtype in _LOW_PRECISION else p.dtype,
+                                 memory_format=torch.preserve_format)
+                for p in params
+            ]
         self._copy_params = params
-        with torch.no_grad():
-            torch._foreach_copy_(self._copy, params)  # under no_grad: no detach needed
+        if params:  # everything frozen: nothing to copy (and no Δw to measure)
+            with torch.no_grad():
+                torch._foreach_copy_(self._copy, params)  # under no_grad: no detach needed
         self._copy_fresh = True
 
     def _measure_update(self) -> None:
@@ -234,11 +252,15 @@ class GradientCapture:
             return
         self._copy_fresh = False
         params = self._copy_params
+        zeros = torch.zeros(self.layout.n_groups, device=self.device)
+        if not params:
+            self._pending.update_sq = zeros
+            return
         with torch.no_grad():
             torch._foreach_sub_(self._copy, params)
-            dn = torch.stack(torch._foreach_norm(self._copy)).float()
+            dn = _l2_norms(self._copy, low=False)  # copies of half/bfloat16 weights are float32
         gid = self._group_of_trainable()
-        self._pending.update_sq = torch.zeros(self.layout.n_groups, device=self.device).index_add(0, gid, dn * dn)
+        self._pending.update_sq = zeros.index_add(0, gid, dn * dn)
 
     def _group_of_trainable(self) -> torch.Tensor:
         key = ("trainable", len(self._copy_params))
@@ -267,6 +289,18 @@ class GradientCapture:
         if len(host) > G:
             s.amp_skipped = bool(host[G] > 0.5)
         return s
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _l2_norms(tensors: list[torch.Tensor], low: bool) -> torch.Tensor:
+    """L2 norm per tensor, float32, one multi-tensor call. With ``low`` (some tensor is half/bfloat16) they are
+    reduced *and returned* in float32: a float16 result overflows to inf above 65504 (a healthy layer would be
+    reported non-finite)."""
+    if low:
+        return torch.stack(torch._foreach_norm(tensors, dtype=torch.float32))
+    return torch.stack(torch._foreach_norm(tensors)).float()
 
 
 def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:

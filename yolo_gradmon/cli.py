@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import GradmonConfigError, config_from_cli, split_cli_args
+from .logfile import LogSchemaError
 
 USAGE = """yolo-gradmon train  model=yolo26n.yaml data=coco8.yaml epochs=10 imgsz=320 [gradmon_<option>=value ...]
 yolo-gradmon demo   [key=value ...]            # YOLO26n on COCO8 (or generated data offline), then a report
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         from .ablate.runner import main as ablate_main
 
         return ablate_main(args.grid, parse_pairs(args.pairs), sweep=args.sweep)
-    except (GradmonConfigError, FileNotFoundError) as e:
+    except (GradmonConfigError, LogSchemaError, FileNotFoundError) as e:
         print(f"yolo-gradmon: error: {e}", file=sys.stderr)
         return 2
 

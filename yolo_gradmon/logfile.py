@@ -1,7 +1,8 @@
 """The append-only gradient log (``<save_dir>/gradmon/gradients.jsonl``): format, writer and reader.
 
 One strict-JSON object per line (non-finite numbers are ``null``), flushed after every logged step, so a
-SIGKILL loses at most the step being written. Line types:
+SIGKILL loses at most the step being written. A line torn by a kill is ignored by :func:`read_log` and cut
+before a resumed run appends to the file. Line types:
 
 ``header``    schema version, granularity, module names (depth order), trainable flags, numel, options.
 ``step``      one logged optimizer step; per-module arrays aligned with the latest header's modules.
@@ -61,6 +62,8 @@ class LogWriter:
     def __init__(self, path: Path, append: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if append:
+            drop_torn_tail(self.path)
         self._fh = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -70,6 +73,35 @@ class LogWriter:
     def close(self) -> None:
         if not self._fh.closed:
             self._fh.close()
+
+
+def drop_torn_tail(path: Path) -> int:
+    """Cut a partial last line (the process was killed mid-write) so appended lines start on a line of their own.
+
+    Returns the number of bytes removed.
+    """
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, 2)
+        if size == 0:
+            return 0
+        block = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            if pos == size and chunk.endswith(b"\n"):
+                return 0
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                fh.truncate(keep)
+                return size - keep
+            pos = start
+        fh.truncate(0)
+        return size
 
 
 class GradLog:
@@ -163,9 +195,15 @@ def read_log(path: str | Path) -> GradLog:
         if kind == "header":
             version = rec.get("schema")
             if version != SCHEMA_VERSION:
+                if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+                    hint = "a newer yolo_gradmon wrote it: upgrade yolo_gradmon (pip install -U yolo-gradmon) to read it"
+                elif isinstance(version, int) and not isinstance(version, bool):
+                    hint = "an older yolo_gradmon wrote it: read it with that version (no migration exists)"
+                else:
+                    hint = "the header's 'schema' field is missing or not an integer; is it a yolo_gradmon log?"
                 raise LogSchemaError(
                     f"{path} was written with gradient-log schema {version!r}; this yolo_gradmon reads schema "
-                    f"{SCHEMA_VERSION}. Use the yolo_gradmon version that wrote it."
+                    f"{SCHEMA_VERSION} only: {hint}."
                 )
             header = rec
         elif kind == "step":

@@ -11,6 +11,7 @@ out on the device, not yet clipped).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,11 @@ class GradientMonitor:
         return self
 
     def callbacks(self) -> dict:
-        """The Ultralytics callback functions, for ``model.add_callback(event, fn)`` or a trainer's callbacks."""
+        """The Ultralytics callback functions, for ``model.add_callback(event, fn)`` or a trainer's callbacks.
+
+        Registered by hand, repeats of this monitor's callbacks are ignored (one warning), and a monitor whose
+        trainer is already watched by another one stays inactive (one warning): gradients are never logged twice.
+        """
         return {
             "on_train_start": self.on_train_start,
             "on_train_epoch_start": self.on_train_epoch_start,
@@ -110,10 +115,14 @@ class GradientMonitor:
         self._nb = 1
         self._warmup: dict[int, bool] = {}
         self._ctx: RunContext | None = None
+        self._in_step = False
+        self._hooked_fn = None
+        self._finished = False
 
     def __getstate__(self):
-        # DDP: Ultralytics pickles callbacks into worker processes; ship options only, never live state.
-        return {"cfg": self.cfg, "extra_sinks": []}
+        # DDP: Ultralytics pickles callbacks (cloudpickle) into worker processes; ship the options and the extra
+        # sinks that can travel, never live state (tensors, open files, the trainer).
+        return {"cfg": self.cfg, "extra_sinks": _picklable(self.extra_sinks)}
 
     def __setstate__(self, state):
         self.cfg = state["cfg"]
@@ -122,11 +131,28 @@ class GradientMonitor:
 
     # ------------------------------------------------------------------ callbacks
     def on_train_start(self, trainer) -> None:
+        if self._active and self._trainer is trainer:
+            return  # this callback was registered twice: already watching this trainer
         self._reset()
         if RANK not in {-1, 0}:
             return  # gradients are all-reduced: rank 0 sees the global ones and is the only writer
-        _check_trainer(trainer)
+        _check_trainer(trainer)  # HookError: loud by design, before anything is written
+        owner = trainer.__dict__.get("_gradmon_owner")
+        if owner is not None and owner is not self:
+            LOGGER.warning(
+                f"{PREFIX}another GradientMonitor already watches this training; this one stays inactive "
+                "(gradients are never logged twice)."
+            )
+            return
+        _dedupe_callbacks(trainer, self)
+        try:
+            self._start(trainer)
+        except Exception as e:  # noqa: BLE001 - a monitor that cannot start never stops training
+            self._disable(e)
+
+    def _start(self, trainer) -> None:
         self._trainer = trainer
+        trainer._gradmon_owner = self
         self._setup_model(trainer)
         save_dir = Path(trainer.save_dir)
         self.out_dir = save_dir / OUT_DIRNAME
@@ -157,15 +183,22 @@ class GradientMonitor:
     def on_train_epoch_start(self, trainer) -> None:
         if not self._active:
             return
-        self._batch_i = -1
-        self._nb = max(1, len(trainer.train_loader))
-        self._nw = _warmup_iterations(trainer, self._nb)
-        if getattr(trainer.optimizer_step, "_gradmon", None) is not self:
-            self._wrap_optimizer_step(trainer)  # the trainer replaced its method: hook again
+        try:
+            self._batch_i = -1
+            self._nb = max(1, len(trainer.train_loader))
+            self._nw = _warmup_iterations(trainer, self._nb)
+            self._ensure_hooked(trainer)
+        except Exception as e:  # noqa: BLE001
+            self._disable(e)
 
     def on_train_batch_start(self, trainer) -> None:
-        if self._active:
-            self._batch_i += 1
+        if not self._active:
+            return
+        self._batch_i += 1
+        try:
+            self._ensure_hooked(trainer)  # a callback may have replaced trainer.optimizer_step
+        except Exception as e:  # noqa: BLE001
+            self._disable(e)
 
     def on_train_epoch_end(self, trainer) -> None:
         if not self._active:
@@ -185,10 +218,26 @@ class GradientMonitor:
             )
 
     def on_train_end(self, trainer) -> None:
-        if self._ctx is None:
+        if self._ctx is None or self._finished:
             return
+        self._finished = True
+        try:
+            self._finish()
+        except Exception as e:  # noqa: BLE001 - never stop the trainer at its very end
+            LOGGER.error(f"{PREFIX}could not finish the gradient outputs ({type(e).__name__}: {e}); "
+                         f"the log up to here is in {self.out_dir}.")
+        finally:
+            self._active = False
+            self._unwrap(trainer)
+
+    def _finish(self) -> None:
+        if not self._sinks:
+            return  # the monitor failed to start (already reported)
         if self._active:
-            self._flush()
+            try:
+                self._flush()
+            except Exception as e:  # noqa: BLE001
+                self._disable(e)
         self._active = False
         header = header_record(self._ctx)
         self.summary = build_summary(header, self.records, self.flags, complete=True)
@@ -201,8 +250,8 @@ class GradientMonitor:
         for s in self._sinks:
             s.call("finish", self.summary)
         if self.cfg.console:
-            console.print_end(self.summary, str(self.out_dir))
-        self._unwrap(trainer)
+            where = str(self.out_dir) if local.enabled else f"memory only (the local log in {self.out_dir} failed, see above)"
+            console.print_end(self.summary, where)
 
     # ------------------------------------------------------------------ internals
     def _make_extra_sinks(self) -> list:
@@ -227,6 +276,20 @@ class GradientMonitor:
         )
         self._engine = RuleEngine(self._capture.layout.names, self._capture.layout.trainable, self.cfg)
 
+    def _model_replaced(self, trainer) -> None:
+        """A callback replaced ``trainer.model`` mid-run: finish the old model's record, re-hook the new one."""
+        self._flush()
+        old_names, engine = self._capture.layout.names, self._engine
+        self._setup_model(trainer)
+        layout = self._capture.layout
+        if layout.names != old_names:
+            raise RuntimeError(
+                f"trainer.model was replaced mid-run by a model with other {self.cfg.granularity}s "
+                f"({len(old_names)} -> {layout.n_groups}); the log cannot mix the two layouts"
+            )
+        engine.trainable = list(layout.trainable)
+        self._engine = engine  # same modules: the rule state (windows, open flags) carries over
+
     def _resume_point(self, trainer) -> tuple[bool, int]:
         """On ``resume=True``, continue the existing log: restore the step counter and the rule state."""
         log_path = self.out_dir / LOG_NAME
@@ -238,11 +301,16 @@ class GradientMonitor:
         if step is None:
             step = max((r["step"] for r in log.steps if r["epoch"] <= start_epoch), default=0)
         kept = [r for r in log.steps if r["step"] <= step]
-        if log.modules == self._capture.layout.names:
-            for rec in kept:
-                self.records.append(rec)
-                self._engine.update(StepView.from_record(rec))
-            self.flags = list(self._engine.flags)
+        if log.modules != self._capture.layout.names:  # its step lines could not be read with a new header
+            raise RuntimeError(
+                f"cannot continue {log_path}: it logs other modules (granularity {log.header.get('granularity')!r}, "
+                f"{len(log.modules)} modules; now {self.cfg.granularity!r}, {self._capture.layout.n_groups}). "
+                "Resume with the gradmon options of the interrupted run; the log is left as it is"
+            )
+        for rec in kept:
+            self.records.append(rec)
+            self._engine.update(StepView.from_record(rec))
+        self.flags = list(self._engine.flags)
         self._step = step
         LOGGER.info(f"{PREFIX}resuming {log_path} after optimizer step {step} (epoch {start_epoch})")
         return True, step
@@ -257,21 +325,41 @@ class GradientMonitor:
         optimizer_step._gradmon = self
         optimizer_step._gradmon_original = original
         trainer.optimizer_step = optimizer_step
+        self._hooked_fn = optimizer_step
+
+    def _ensure_hooked(self, trainer) -> None:
+        """Hook again if something replaced ``trainer.optimizer_step`` by a function that no longer calls ours."""
+        fn = trainer.__dict__.get("optimizer_step")
+        if fn is not None and fn is self._hooked_fn:
+            return
+        if fn is not None and _reaches(fn, self):
+            self._hooked_fn = fn  # a user wrapper around ours: we still see every step, innermost
+            return
+        self._wrap_optimizer_step(trainer)
 
     def _unwrap(self, trainer) -> None:
         fn = trainer.__dict__.get("optimizer_step")
         if fn is not None and getattr(fn, "_gradmon", None) is self:
             del trainer.optimizer_step
+        if trainer.__dict__.get("_gradmon_owner") is self:
+            del trainer._gradmon_owner
 
     def _on_optimizer_step(self, trainer, original, args, kwargs):
-        if not self._active:
-            return original(*args, **kwargs)
-        state = {"ran": False}
+        if not self._active or self._in_step:
+            return original(*args, **kwargs)  # nested (our wrapper wrapped again): capture once, in the outer call
+        self._in_step = True
+        try:
+            return self._monitored_step(trainer, original, args, kwargs)
+        finally:
+            self._in_step = False
+
+    def _monitored_step(self, trainer, original, args, kwargs):
+        state = {"ran": False, "result": None}
 
         def run():
             state["ran"] = True
             try:
-                return original(*args, **kwargs)
+                state["result"] = original(*args, **kwargs)
             except BaseException:
                 state["failed"] = True  # the trainer's own error: never swallowed
                 raise
@@ -282,32 +370,32 @@ class GradientMonitor:
         logged = (step - 1) % self.cfg.log_every == 0
         try:
             if unwrap_model(trainer.model) is not self._model:
-                self._flush()
-                self._setup_model(trainer)  # the trainer rebuilt its model: re-establish the layout
+                self._model_replaced(trainer)  # a callback rebuilt the model: re-establish the layout
             if logged:
                 ni = int(trainer.epoch) * self._nb + max(self._batch_i, 0)
                 self._warmup[step] = bool(self._nw and ni <= self._nw)
-            done = self._capture.step(
+            self._capture.step(
                 run,
                 step=step,
                 epoch=int(trainer.epoch) + 1,
                 logged=logged,
                 lr=[g["lr"] for g in trainer.optimizer.param_groups],
                 scaler=getattr(trainer, "scaler", None),
+                on_complete=self._emit,  # the previous record is written before this step runs
             )
         except Exception as e:  # noqa: BLE001
             if state.get("failed"):
                 raise
             self._disable(e)
-            return None if state["ran"] else original(*args, **kwargs)
-        self._emit(done)
-        return None
+            if not state["ran"]:
+                run()
+        return state["result"]
 
     def _disable(self, e: Exception) -> None:
         self._active = False
+        where = f"; the log up to here is in {self.out_dir}" if self.out_dir is not None else ""
         LOGGER.error(
-            f"{PREFIX}gradient capture disabled after {type(e).__name__}: {e}. Training continues unmonitored; "
-            f"the log up to here is in {self.out_dir}."
+            f"{PREFIX}gradient capture disabled after {type(e).__name__}: {e}. Training continues unmonitored{where}."
         )
 
     def _flush(self) -> None:
@@ -345,6 +433,64 @@ def _check_trainer(trainer) -> None:
             f"{PREFIX}{type(trainer).__name__}._do_train() does not call self.optimizer_step(); the gradient "
             "monitor cannot see optimizer steps in this Ultralytics version. Please report it with your version."
         )
+
+
+def _dedupe_callbacks(trainer, monitor) -> None:
+    """Keep one registration of each of this monitor's callbacks (``add_callback`` called twice by hand)."""
+    dropped = 0
+    for fns in (getattr(trainer, "callbacks", None) or {}).values():
+        seen, keep = set(), []
+        for fn in fns:
+            if getattr(fn, "__self__", None) is monitor:
+                if fn.__func__ in seen:
+                    dropped += 1
+                    continue
+                seen.add(fn.__func__)
+            keep.append(fn)
+        if len(keep) != len(fns):
+            fns[:] = keep  # in place: also skips the repeats of the event now running
+    if dropped:
+        LOGGER.warning(f"{PREFIX}this GradientMonitor's callbacks were registered more than once; ignoring the repeats.")
+
+
+def _reaches(fn, monitor, depth: int = 0) -> bool:
+    """Whether ``fn`` (what replaced ``trainer.optimizer_step``) still calls the monitor's wrapper, looking through
+    bound methods, ``functools.wraps``/``partial`` and closure cells, which is how wrappers hold what they wrap."""
+    try:
+        if getattr(fn, "_gradmon", None) is monitor:
+            return True
+        if depth >= 6:
+            return False
+        inner = [getattr(fn, "__wrapped__", None), getattr(fn, "__func__", None)]
+        if isinstance(fn, functools.partial):
+            inner += [fn.func, *fn.args, *fn.keywords.values()]
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                inner.append(cell.cell_contents)
+            except ValueError:  # empty cell
+                pass
+    except Exception:  # noqa: BLE001 - an exotic callable: treat as not reaching us (we hook again)
+        return False
+    return any(callable(f) and _reaches(f, monitor, depth + 1) for f in inner if f is not None)
+
+
+def _picklable(sinks: list) -> list:
+    """The extra sinks that survive pickling into DDP workers; the others are dropped with a warning."""
+    try:
+        import cloudpickle as pickler  # what Ultralytics' DDP launcher uses
+    except ImportError:  # pragma: no cover
+        import pickle as pickler
+    keep = []
+    for sink in sinks:
+        try:
+            pickler.dumps(sink)
+            keep.append(sink)
+        except Exception as e:  # noqa: BLE001
+            LOGGER.warning(
+                f"{PREFIX}extra sink {getattr(sink, 'name', type(sink).__name__)!r} cannot be pickled into DDP "
+                f"workers ({type(e).__name__}: {e}); it receives nothing there."
+            )
+    return keep
 
 
 def _warmup_iterations(trainer, nb: int) -> int:

@@ -19,18 +19,24 @@ class LocalSink(Sink):
         self.ctx = ctx
         self.writer = LogWriter(ctx.out_dir / LOG_NAME, append=ctx.resumed)  # a new run starts a new log
         if ctx.resumed:
-            self.writer.write({"type": "resume", "step": ctx.start_step, "epoch": ctx.start_epoch + 1})
-        self.writer.write(header_record(ctx))
+            self._write({"type": "resume", "step": ctx.start_step, "epoch": ctx.start_epoch + 1})
+        self._write(header_record(ctx))
 
     def log_step(self, stats, record, n_flagged) -> None:
-        self.writer.write(record)
+        self._write(record)
 
     def epoch_end(self, epoch: int, step: int) -> None:
-        self.writer.write({"type": "epoch_end", "epoch": epoch, "step": step})
+        self._write({"type": "epoch_end", "epoch": epoch, "step": step})
 
     def finish(self, summary: dict) -> None:
-        self.writer.write({"type": "end", "steps_logged": summary.get("steps_logged")})
+        self._write({"type": "end", "steps_logged": summary.get("steps_logged")})
         self.writer.close()
+
+    def _write(self, record: dict) -> None:
+        try:
+            self.writer.write(record)
+        except OSError as e:  # name the file: a write error (disk full, I/O error) carries no filename
+            raise OSError(e.errno, f"cannot write {self.writer.path}: {e.strerror or e}") from e
 
     def close_after_error(self) -> None:
         if self.writer is not None:
