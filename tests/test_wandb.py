@@ -1,0 +1,568 @@
+"""The W&B sink, verified with W&B's own reader of offline runs (``wandb leet inspect --json``).
+
+- ``alone``: the monitor alone (Ultralytics' W&B callback is off under pytest) starts, fills and finishes one run;
+  every per-module value equals the local log; media, flags table, summary fields and alerts are there.
+- ``with_ultralytics``: a subprocess that does not look like pytest, with the Ultralytics setting ``wandb: true``:
+  the monitor logs into Ultralytics' run, whose epoch rows stay whole, also when the monitor's callbacks run
+  after Ultralytics' (its epoch-end flush then lands between their ``commit=False`` and ``commit=True``).
+- faults: ``wandb`` not importable, ``wandb.init`` raising, ``run.log`` raising mid-run: training completes, the
+  local log is whole, one warning.
+- small unit tests of the sink with a fake ``wandb`` module (alerts, NaN cells, queued rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import types
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CONFIG_DIR, requires_coco8
+
+from yolo_gradmon import GradientMonitor, GradmonConfig, read_log
+from yolo_gradmon.rules import KINDS, Flag
+from yolo_gradmon.sinks.base import PREFIX, GuardedSink, RunContext
+from yolo_gradmon.sinks.wandb import FLAG_COLUMNS, MAX_ALERTS, STEP_KEY, WandbSink, make_wandb_sink
+
+TRAIN = dict(data="coco8.yaml", epochs=2, imgsz=160, batch=2, nbs=2, workers=0, device="cpu", plots=False, exist_ok=True)
+UL_KEYS = ("train/box_loss", "train/cls_loss", "lr/pg0", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "val/box_loss")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+@contextmanager
+def logged_records():
+    """Everything Ultralytics' LOGGER (which the monitor uses) emits meanwhile."""
+    from ultralytics.utils import LOGGER
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Collect(level=logging.DEBUG)
+    LOGGER.addHandler(handler)
+    try:
+        yield records
+    finally:
+        LOGGER.removeHandler(handler)
+
+
+def gradmon_warnings(records) -> list[str]:
+    """The monitor's warnings other than the console's flag lines ("<kind> gradients in <module> ...")."""
+    flag_lines = tuple(f"{PREFIX}{k} gradients in " for k in KINDS)
+    msgs = [r.getMessage() for r in records if r.levelno == logging.WARNING and PREFIX in r.getMessage()]
+    return [m for m in msgs if not m.startswith(flag_lines) and not any(f in m for f in flag_lines)]
+
+
+def gradmon_errors(records) -> list[str]:
+    return [r.getMessage() for r in records if r.levelno >= logging.ERROR and PREFIX in r.getMessage()]
+
+
+def run_dirs(*roots: Path) -> list[Path]:
+    """W&B run directories (holding a ``run-<id>.wandb`` log) under ``roots``."""
+    found = set()
+    for root in roots:
+        if Path(root).is_dir():
+            found |= {p.parent for p in Path(root).rglob("run-*.wandb")}
+    return sorted(found)
+
+
+def leet(run_dir: Path, summary: bool = False):
+    """W&B's own reader: the records of the run's ``.wandb`` log (or its summary object)."""
+    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--json"] + (["--summary"] if summary else []) + [str(run_dir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    if summary:
+        return json.loads(out.stdout)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def history(records) -> list[dict]:
+    return [r["history"]["item"] for r in records if r["type"] == "history"]
+
+
+def of_type(records, kind) -> list[dict]:
+    return [r[kind] for r in records if r["type"] == kind]
+
+
+def wb_float(v) -> float:
+    """History values: numbers, or the strings "NaN" / "Infinity" / "-Infinity"."""
+    return float(v)
+
+
+def close(wb_value, local_value, rel=1e-6) -> bool:
+    a = wb_float(wb_value)
+    if local_value is None:  # the local log's null: non-finite or undefined
+        return math.isnan(a)
+    b = float(local_value)
+    return math.isfinite(a) and abs(a - b) <= rel * max(abs(b), 1e-30)
+
+
+def gradient_rows(hist) -> dict[int, dict]:
+    rows = {}
+    for item in hist:
+        if any(k.startswith("gradients/norm/") for k in item):
+            step = int(item[STEP_KEY])
+            assert step not in rows, f"step {step} logged twice"
+            rows[step] = item
+    return rows
+
+
+def assert_rows_equal_local_log(hist, log):
+    """Every logged step has one W&B row whose per-module values equal the local log's."""
+    rows = gradient_rows(hist)
+    assert sorted(rows) == [r["step"] for r in log.steps]
+    for rec in log.steps:
+        row = rows[rec["step"]]
+        assert row["gradients/epoch"] == rec["epoch"]
+        assert close(row["gradients/total_norm"], rec["total_norm"])
+        assert close(row["gradients/lr"], rec["lr"][0])
+        assert row["gradients/clip_active"] == int(bool(rec["clip_active"]))
+        assert ("gradients/amp_scale" in row) == (rec["amp_scale"] is not None)
+        for i, m in enumerate(log.modules):
+            keys = [f"gradients/{w}/{m}" for w in ("norm", "grad_to_weight", "update_to_weight", "max_abs")]
+            if not rec["has_grad"][i]:
+                assert not any(k in row for k in keys), (m, rec["step"])
+                continue
+            for key, col in zip(keys, ("grad_norm", "grad_to_weight", "update_to_weight", "max_abs_grad")):
+                assert close(row[key], rec[col][i]), (key, rec["step"], row[key], rec[col][i])
+
+
+# ---------------------------------------------------------------------------------------------------- the monitor alone
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    """One training with the monitor alone; every module flagged ``vanishing`` from step 1 (threshold 1e9)."""
+    import wandb
+    from ultralytics import YOLO
+
+    assert wandb.run is None
+    project = tmp_path_factory.mktemp("alone")
+    default_dir = tmp_path_factory.mktemp("wandb-default")
+    model = YOLO("yolo26n.yaml")
+    mon = GradientMonitor(log_every=1, vanish_grad_to_weight=1e9, vanish_window=1).attach(model)
+    with pytest.MonkeyPatch.context() as mp, logged_records() as records:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_DIR", str(default_dir))
+        model.train(project=str(project), name="alone", **TRAIN)
+    dirs = run_dirs(project, default_dir)
+    assert len(dirs) == 1, dirs
+    return types.SimpleNamespace(
+        mon=mon,
+        log=read_log(mon.out_dir),
+        run_dir=dirs[0],
+        dirs=dirs,
+        records=leet(dirs[0]),
+        summary=leet(dirs[0], summary=True),
+        messages=records,
+        run_after=wandb.run,
+    )
+
+
+@requires_coco8
+def test_alone_one_run_started_and_finished(alone):
+    assert len(alone.dirs) == 1
+    assert alone.run_dir.parent == alone.mon.out_dir.parent / "wandb"  # beside the training, like Ultralytics
+    assert alone.run_after is None  # the run it started is finished
+    (run,) = of_type(alone.records, "run")
+    assert run["job_type"] == "train" and run["display_name"] == "alone"
+    assert of_type(alone.records, "exit")[-1]["exit_code"] == 0
+    s = alone.summary
+    assert s["state"] == "finished"
+    assert s["config"]["gradmon"]["vanish_grad_to_weight"] == 1e9 and s["config"]["gradmon"]["log_every"] == 1
+    assert s["config"]["epochs"] == 2 and s["config"]["imgsz"] == 160  # the trainer args
+    assert not gradmon_warnings(alone.messages) and not gradmon_errors(alone.messages)
+
+
+@requires_coco8
+def test_alone_step_metric_defined(alone):
+    metrics = of_type(alone.records, "metric")
+    assert {"name": STEP_KEY, "options": {"defined": True}} in metrics
+    globs = {m.get("glob_name"): m.get("step_metric") for m in metrics if m.get("glob_name")}
+    assert globs == {"gradients/*": STEP_KEY, "gradmon/*": STEP_KEY}
+
+
+@requires_coco8
+def test_alone_every_module_every_step_equals_local_log(alone):
+    log = alone.log
+    assert log.ended and [r["step"] for r in log.steps] == [1, 2, 3, 4]
+    hist = history(alone.records)
+    assert_rows_equal_local_log(hist, log)
+    rows = gradient_rows(hist)
+    with_params = [m for m, n in zip(log.modules, log.header["numel"]) if n > 0]
+    assert len(with_params) == 18
+    for step, row in rows.items():  # yolo26n: every module with parameters gets a gradient at every step
+        assert all(f"gradients/norm/{m}" in row for m in with_params), step
+        assert row["gradients/flagged_modules"] == 18  # the live count: every module flagged from step 1
+        assert list(k for k in row if k.startswith("gradients/norm/")) == sorted(
+            k for k in row if k.startswith("gradients/norm/")
+        )  # module keys sort in depth order
+    # one history row per logged step plus the media row: per-step logging is one run.log call
+    assert len(hist) == len(log.steps) + 1
+
+
+@requires_coco8
+def test_alone_media_and_flags_table(alone):
+    media = [h for h in history(alone.records) if "gradmon/heatmap._type" in h]
+    assert len(media) == 1 and media[0][STEP_KEY] == 4
+    row = media[0]
+    for key in ("gradmon/heatmap", "gradmon/curves"):
+        assert row[f"{key}._type"] == "image-file"
+        png = alone.run_dir / "files" / row[f"{key}.path"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (alone.mon.out_dir / "heatmap.png").is_file() and (alone.mon.out_dir / "curves.png").is_file()
+    assert row["gradmon/flags._type"] == "table-file"
+    table = json.loads((alone.run_dir / "files" / row["gradmon/flags.path"]).read_text())
+    assert table["columns"] == FLAG_COLUMNS
+    flags = alone.mon.summary["flags"]
+    assert len(table["data"]) == len(flags) == 18
+    for got, want in zip(table["data"], flags):
+        kind, module, first, last, active, evidence = got
+        assert (kind, module, first, last, active) == (
+            want["kind"], want["module"], want["first_step"], want["last_step"], want["active"]
+        )
+        assert json.loads(evidence)["threshold_grad_to_weight"] == 1e9
+
+
+@requires_coco8
+def test_alone_summary_fields(alone):
+    s = alone.summary["summary"]
+    assert s["gradmon/steps_logged"] == 4 and s["gradmon/complete"] is True
+    assert s["gradmon/flagged_modules"] == 18 and s["gradmon/n_vanishing"] == 18 and s["gradmon/n_nonfinite"] == 0
+    stats = alone.mon.summary["module_stats"]
+    weakest = min(stats, key=lambda r: r["median_grad_to_weight"])
+    assert s["gradmon/weakest_module"] == weakest["module"]
+    assert s["gradmon/weakest_grad_to_weight"] == pytest.approx(weakest["median_grad_to_weight"], rel=1e-9)
+    assert 0 < s["gradmon/worst_attenuation"] <= 1
+    assert s["gradmon/alerts_sent"] == 18
+
+
+@requires_coco8
+def test_alone_one_alert_per_module_and_kind(alone):
+    alerts = of_type(alone.records, "alert")
+    flagged = [f["module"] for f in alone.mon.summary["flags"]]
+    assert len(alerts) == len(flagged) == 18 <= MAX_ALERTS
+    assert sorted(a["title"] for a in alerts) == sorted(f"gradmon: vanishing gradients in {m}" for m in flagged)
+    for a, m in zip(alerts, flagged):
+        assert a["level"] == "WARN"
+        assert a["text"].startswith(f"Layer {m}: ") and "optimizer step 1" in a["text"] and "grad_to_weight=" in a["text"]
+
+
+# ---------------------------------------------------------------------------------------------------- with Ultralytics' W&B callback
+SCRIPT = textwrap.dedent(
+    '''
+    """Two trainings with Ultralytics' W&B callback on: monitor callbacks in their usual place ("normal"), and moved
+    after every other callback ("late"), so its epoch-end flush comes after Ultralytics' commit=False."""
+    import json, sys
+    from ultralytics import YOLO
+    from ultralytics.utils import SETTINGS, TESTS_RUNNING
+    from yolo_gradmon import GradientMonitor
+
+    assert not TESTS_RUNNING and SETTINGS["wandb"] is True, (TESTS_RUNNING, SETTINGS["wandb"])
+    project = sys.argv[1]
+    for order in ("normal", "late"):
+        model = YOLO("yolo26n.yaml")
+        mon = GradientMonitor(log_every=1, wandb_media_every=1).attach(model)
+        if order == "late":
+            def move_monitor_last(trainer, mon=mon):
+                for fns in trainer.callbacks.values():
+                    ours = [f for f in fns if getattr(f, "__self__", None) is mon]
+                    fns[:] = [f for f in fns if f not in ours] + ours
+            model.add_callback("on_pretrain_routine_start", move_monitor_last)
+        model.train(data="coco8.yaml", epochs=2, imgsz=160, batch=2, nbs=2, workers=0, device="cpu", plots=False,
+                    project=project, name=order, exist_ok=True)
+        print("RESULT " + json.dumps({"order": order, "out_dir": str(mon.out_dir)}), flush=True)
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def with_ultralytics(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ul-wandb")
+    settings = json.loads((CONFIG_DIR / "Ultralytics" / "settings.json").read_text())
+    settings["wandb"] = True  # same datasets_dir (COCO8), W&B integration on
+    (base / "config" / "Ultralytics").mkdir(parents=True)
+    (base / "config" / "Ultralytics" / "settings.json").write_text(json.dumps(settings))
+    script = base / "train_with_ultralytics_wandb.py"  # the name must not contain "pytest"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "GITHUB_"))}
+    env.update(YOLO_CONFIG_DIR=str(base / "config"), WANDB_MODE="offline", WANDB_DIR=str(base / "wandb-default"),
+               WANDB_SILENT="true")
+    project = base / "runs"
+    proc = subprocess.run([sys.executable, str(script), str(project)], cwd=base, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            r = json.loads(line[7:])
+            out_dir = Path(r["out_dir"])
+            dirs = run_dirs(out_dir.parent)
+            results[r["order"]] = types.SimpleNamespace(
+                out_dir=out_dir, dirs=dirs, records=leet(dirs[0]) if dirs else [], log=read_log(out_dir),
+                summary=leet(dirs[0], summary=True) if dirs else {},
+                output=proc.stdout + proc.stderr,
+            )
+    assert set(results) == {"normal", "late"}, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results["stray"] = run_dirs(base / "wandb-default")
+    return results
+
+
+@requires_coco8
+@pytest.mark.parametrize("order", ["normal", "late"])
+def test_ultralytics_run_reused_and_epoch_rows_whole(with_ultralytics, order):
+    r = with_ultralytics[order]
+    assert len(r.dirs) == 1 and not with_ultralytics["stray"]  # one run: Ultralytics', never a second one
+    (run,) = of_type(r.records, "run")
+    assert run["run_id"].startswith(f"{order}_")  # Ultralytics' run id scheme: the monitor did not start it
+    config = r.summary["config"]
+    assert config["gradmon"]["wandb_media_every"] == 1 and config["epochs"] == 2  # ours added to their config
+    assert of_type(r.records, "exit")[-1]["exit_code"] == 0
+    hist = history(r.records)
+
+    # Ultralytics' rows: one per epoch, each holding its losses, lr, and validation metrics together
+    epoch_rows = [h for h in hist if any(k.startswith("train/") for k in h)]
+    assert [h["epoch"] for h in epoch_rows] == [1, 2]
+    for h in epoch_rows:
+        assert all(k in h for k in UL_KEYS), sorted(h)
+        assert not any(k.startswith(("gradients/", "gradmon/")) for k in h)
+    metric_rows = [h for h in hist if "metrics/mAP50-95(B)" in h]
+    assert [h["epoch"] for h in metric_rows] == [1, 2, 3]  # + Ultralytics' final validation of best.pt
+    for h in hist:  # no half rows: a row with any of their epoch keys is one of theirs, whole
+        if any(k.startswith(("train/", "lr/")) for k in h):
+            assert all(k in h for k in UL_KEYS)
+
+    # the monitor's rows: every logged step, equal to the local log
+    assert_rows_equal_local_log(hist, r.log)
+    media = [h for h in hist if "gradmon/heatmap._type" in h]
+    assert [h[STEP_KEY] for h in media] == [2, 4]  # wandb_media_every=1: after epoch 1, and at train end
+
+    steps_before_epoch1 = [h[STEP_KEY] for h in hist[: hist.index(epoch_rows[0])] if "gradients/norm/00.Conv" in h]
+    if order == "normal":
+        assert steps_before_epoch1 == [1, 2]  # the epoch's last step was logged before Ultralytics' epoch row
+    else:
+        # the flush came after Ultralytics' commit=False: queued, and logged after their commit
+        assert steps_before_epoch1 == [1]
+        assert "streaming to W&B active run" in r.output
+
+
+# ---------------------------------------------------------------------------------------------------- faults
+@requires_coco8
+@pytest.mark.parametrize("fault", ["import-fails", "init-raises", "log-raises"])
+def test_wandb_fault_training_completes_local_log_whole(fault, tmp_path, monkeypatch):
+    import wandb
+    from ultralytics import YOLO
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
+    calls = []
+    if fault == "import-fails":
+        monkeypatch.setitem(sys.modules, "wandb", None)
+    elif fault == "init-raises":
+
+        def init(*a, **k):
+            raise RuntimeError("wandb.init failed (injected)")
+
+        monkeypatch.setattr(wandb, "init", init)
+    else:
+        from wandb.sdk.wandb_run import Run
+
+        real_log = Run.log
+
+        def log(self, data, *a, **k):
+            calls.append(data.get(STEP_KEY))
+            if len(calls) == 3:
+                raise ConnectionError("wandb log failed (injected)")
+            return real_log(self, data, *a, **k)
+
+        monkeypatch.setattr(Run, "log", log)
+    model = YOLO("yolo26n.yaml")
+    mon = GradientMonitor(log_every=1).attach(model)
+    with logged_records() as records:
+        model.train(project=str(tmp_path / "runs"), name=fault, **TRAIN)
+    save_dir = mon.out_dir.parent
+    assert (save_dir / "weights" / "last.pt").is_file()  # training completed
+    log = read_log(mon.out_dir)
+    assert log.ended and [r["step"] for r in log.steps] == [1, 2, 3, 4]
+    assert mon.summary["steps_logged"] == 4 and (mon.out_dir / "summary.json").is_file()
+    warnings = gradmon_warnings(records)
+    assert len(warnings) == 1, warnings
+    assert not gradmon_errors(records)
+    dirs = run_dirs(save_dir, tmp_path / "wandb-default")
+    if fault == "import-fails":
+        assert "wandb cannot be imported" in warnings[0] and "wandb=False" in warnings[0]
+        assert not dirs
+    elif fault == "init-raises":
+        assert "wandb sink disabled after RuntimeError in start()" in warnings[0] and "injected" in warnings[0]
+        assert not dirs
+    else:
+        assert "wandb sink disabled after ConnectionError in log_step()" in warnings[0]
+        assert calls == [1, 2, 3]  # nothing more was attempted after the failure
+        (run_dir,) = dirs
+        recs = leet(run_dir)
+        assert sorted(gradient_rows(history(recs))) == [1, 2]  # what was logged before the failure stays
+        assert of_type(recs, "exit")[-1]["exit_code"] == 1  # the run it started is closed, as failed
+        assert wandb.run is None
+
+
+# ---------------------------------------------------------------------------------------------------- unit tests (fake wandb)
+class FakeRun:
+    def __init__(self):
+        self.logged, self.alerts, self.metrics = [], [], []
+        self.summary, self.finished = {}, None
+        self.config = types.SimpleNamespace(update=lambda *a, **k: None, setdefaults=lambda *a, **k: None)
+        self.name = "fake"
+
+    def log(self, row):
+        self.logged.append(row)
+
+    def alert(self, title, text, level):
+        self.alerts.append((title, text, level))
+
+    def define_metric(self, name, **kw):
+        self.metrics.append((name, kw))
+
+    def finish(self, exit_code=0):
+        self.finished = exit_code
+
+
+def fake_wandb(run=None):
+    return types.SimpleNamespace(run=run, init=lambda **kw: FakeRun(), Image=lambda *a, **k: ("image", a),
+                                 Table=lambda **k: ("table", k))
+
+
+def fake_ctx(tmp_path, modules=("00.Conv", "01.Conv", "02.C3k2"), callbacks=None, **opts) -> RunContext:
+    cfg = GradmonConfig.from_dict(opts)
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(project=None, name="t"), epochs=10,
+                                    callbacks=callbacks if callbacks is not None else {})
+    n = len(modules)
+    return RunContext(save_dir=tmp_path, out_dir=tmp_path / "gradmon", model_name="m.yaml", modules=list(modules),
+                      trainable=[True] * n, numel=[1] * n, layer_index=list(range(n)), cfg=cfg, trainer=trainer)
+
+
+def record(step, grad_norm, has_grad=None):
+    n = len(grad_norm)
+    g = np.asarray(grad_norm, dtype=float)
+    return {"type": "step", "step": step, "epoch": 1, "lr": [0.01, 0.02], "amp_scale": None, "amp_skipped": None,
+            "total_norm": 1.0, "clip_active": False, "warmup": False,
+            "has_grad": has_grad if has_grad is not None else [True] * n, "grad_norm": g, "weight_norm": np.ones(n),
+            "grad_to_weight": g, "update_to_weight": g * 0.1, "max_abs_grad": g, "nonfinite": np.zeros(n, int)}
+
+
+def test_started_run_gets_step_metric_and_flat_rows_nan_for_nonfinite(tmp_path):
+    sink = WandbSink(GradmonConfig(), fake_wandb())
+    sink.start(fake_ctx(tmp_path))
+    run = sink.run
+    assert sink.owns_run
+    assert run.metrics == [(STEP_KEY, {}), ("gradients/*", {"step_metric": STEP_KEY}), ("gradmon/*", {"step_metric": STEP_KEY})]
+    sink.log_step(None, record(1, [float("nan"), 2.0, float("inf")], has_grad=[True, False, True]), 2)
+    (row,) = run.logged
+    assert row[STEP_KEY] == 1 and row["gradients/flagged_modules"] == 2 and row["gradients/lr"] == 0.01
+    assert math.isnan(row["gradients/norm/00.Conv"]) and math.isnan(row["gradients/norm/02.C3k2"])  # NaN/Inf → NaN
+    assert not any("01.Conv" in k for k in row)  # no gradient at this step: no keys
+    assert "gradients/amp_scale" not in row  # no AMP
+    assert all(not isinstance(v, (dict, list)) for v in row.values())  # flat
+
+
+def test_active_run_reused_not_finished(tmp_path):
+    user_run = FakeRun()
+    sink = WandbSink(GradmonConfig(), fake_wandb(user_run))
+    sink.start(fake_ctx(tmp_path))
+    assert sink.run is user_run and not sink.owns_run
+    sink.close_after_error()
+    assert user_run.finished is None  # someone else's run is never finished by the sink
+
+
+def test_alerts_one_per_module_and_kind_capped_and_optional(tmp_path):
+    sink = WandbSink(GradmonConfig(), fake_wandb())
+    sink.start(fake_ctx(tmp_path))
+    f = Flag("nonfinite", "00.Conv", 7, 7, {"nonfinite_values": 3, "grad_norm": float("nan")})
+    sink.on_flag(f)
+    sink.on_flag(f)  # the same (module, kind) again: rate-limited
+    sink.on_flag(Flag("dead", "01.Conv", 8, 8, {"zero_steps": 5}))  # dead: no alert
+    sink.on_flag(Flag("exploding", "00.Conv", 9, 9, {"grad_norm": 1e5, "running_median": 1.0}))
+    alerts = sink.run.alerts
+    assert [(t, lvl) for t, _, lvl in alerts] == [
+        ("gradmon: nonfinite gradients in 00.Conv", "ERROR"), ("gradmon: exploding gradients in 00.Conv", "WARN")
+    ]
+    assert "Layer 00.Conv" in alerts[0][1] and "step 7" in alerts[0][1] and "nonfinite_values=3" in alerts[0][1]
+    for i in range(MAX_ALERTS + 5):
+        sink.on_flag(Flag("vanishing", f"m{i}", 10, 10, {"grad_to_weight": 1e-9}))
+    assert len(sink.run.alerts) == MAX_ALERTS + 1 and sink.run.alerts[-1][0] == "gradmon: more gradient flags"
+
+    quiet = WandbSink(GradmonConfig(wandb_alerts=False), fake_wandb())
+    quiet.start(fake_ctx(tmp_path))
+    quiet.on_flag(f)
+    assert quiet.run.alerts == [] and ("nonfinite", "00.Conv") in quiet.flags
+
+
+def test_rows_queued_while_ultralytics_row_is_open(tmp_path):
+    """Markers go right after Ultralytics' W&B callbacks; between them the sink queues its rows."""
+    from ultralytics.utils.callbacks import wb as ul_wb
+
+    def other(trainer):
+        pass
+
+    callbacks = {"on_train_epoch_end": [other, ul_wb.on_train_epoch_end, other],
+                 "on_fit_epoch_end": [ul_wb.on_fit_epoch_end, other]}
+    sink = WandbSink(GradmonConfig(), fake_wandb())
+    sink.start(fake_ctx(tmp_path, callbacks=callbacks))
+    opened = callbacks["on_train_epoch_end"][2]
+    closed = callbacks["on_fit_epoch_end"][1]
+    assert callbacks["on_train_epoch_end"][3] is other and callbacks["on_fit_epoch_end"][2] is other
+    sink.log_step(None, record(1, [1.0, 1.0, 1.0]), 0)
+    opened(None)  # Ultralytics logged its losses with commit=False
+    sink.log_step(None, record(2, [1.0, 1.0, 1.0]), 0)
+    sink.epoch_end(1, 2)
+    assert [r[STEP_KEY] for r in sink.run.logged] == [1]  # held back: would commit their half row
+    closed(None)  # Ultralytics committed its epoch row
+    sink.log_step(None, record(3, [1.0, 1.0, 1.0]), 0)
+    assert [r[STEP_KEY] for r in sink.run.logged] == [1, 2, 3]
+    assert callbacks["teardown"]  # a run it started is closed if training raises
+
+
+def test_guard_disables_sink_once_and_finishes_own_run(tmp_path):
+    sink = WandbSink(GradmonConfig(), fake_wandb())
+    guarded = GuardedSink(sink)
+    guarded.call("start", fake_ctx(tmp_path))
+    sink.run.log = lambda row: (_ for _ in ()).throw(OSError("disk full"))
+    with logged_records() as records:
+        guarded.call("log_step", None, record(1, [1.0, 1.0, 1.0]), 0)
+        guarded.call("log_step", None, record(2, [1.0, 1.0, 1.0]), 0)
+    assert not guarded.enabled and sink.run.finished == 1
+    assert len([r for r in records if r.levelno == logging.WARNING]) == 1
+
+
+def test_make_wandb_sink_disabled_and_missing(monkeypatch):
+    with logged_records() as records:
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+        assert make_wandb_sink(GradmonConfig()) is None
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        assert isinstance(make_wandb_sink(GradmonConfig()), WandbSink)
+        monkeypatch.setitem(sys.modules, "wandb", None)
+        assert make_wandb_sink(GradmonConfig()) is None
+    assert [r.levelno for r in records if PREFIX in r.getMessage()] == [logging.INFO, logging.WARNING]
+
+
+def test_resumed_training_continues_its_run(tmp_path):
+    """resume=True: the run the sink starts continues the newest run in save_dir/wandb, as Ultralytics does."""
+    old = tmp_path / "wandb" / "offline-run-20260101_000000-abc123"
+    old.mkdir(parents=True)
+    (old / "run-abc123.wandb").write_bytes(b"")
+    ctx = fake_ctx(tmp_path)
+    seen = {}
+    wb = fake_wandb()
+    wb.init = lambda **kw: seen.update(kw) or FakeRun()
+    ctx.resumed, ctx.start_step = True, 8
+    WandbSink(GradmonConfig(), wb).start(ctx)
+    assert seen["id"] == "abc123" and seen["resume"] == "allow" and seen["dir"] == str(tmp_path)
+    assert seen["project"] == "Ultralytics" and seen["name"] == "t" and seen["job_type"] == "train"
+    assert seen["config"]["gradmon"] == GradmonConfig().to_dict()
