@@ -17,7 +17,8 @@ from .logfile import LogSchemaError
 USAGE = """yolo-gradmon train  model=yolo26n.yaml data=coco8.yaml epochs=10 imgsz=320 [gradmon_<option>=value ...]
 yolo-gradmon demo   [key=value ...]            # YOLO26n on COCO8 (or generated data offline), then a report
 yolo-gradmon report <save_dir>                 # rebuild parquet/summary/PNGs/HTML from gradmon/gradients.jsonl
-yolo-gradmon ablate <grid.yaml> [key=value ...] [--sweep]"""
+yolo-gradmon ablate <grid.yaml> [key=value ...] [--sweep]
+yolo-gradmon sweep-run grid=<grid.yaml> <axis>=<value> ...   # one sweep run (what `wandb agent` calls)"""
 
 
 def parse_pairs(pairs: list[str]) -> dict:
@@ -84,12 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("grid")
     p.add_argument("pairs", nargs="*", metavar="key=value")
     p.add_argument("--sweep", action="store_true", help="write a W&B Sweep config for the grid instead of training")
+    p = sub.add_parser("sweep-run", help="train one variant of a W&B sweep (the command a sweep config names)")
+    p.add_argument("pairs", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     try:
         if args.command in ("train", "demo"):
             return train(args.pairs, demo=args.command == "demo")
         if args.command == "report":
             return report(args.path)
+        if args.command == "sweep-run":
+            from .ablate.runner import sweep_train
+
+            sweep_train(parse_pairs(args.pairs), start_run=True)
+            return 0
         from .ablate.runner import main as ablate_main
 
         return ablate_main(args.grid, parse_pairs(args.pairs), sweep=args.sweep)

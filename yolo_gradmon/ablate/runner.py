@@ -1,0 +1,264 @@
+"""The ablation runner: train every variant of a grid with the GradientMonitor, then compare them.
+
+``yolo-gradmon ablate configs/ablation-activations.yaml epochs=1 imgsz=160 project=runs/abl name=quick``
+
+- each variant trains in ``<project>/<name>/<variant>/`` with the same seed, its gradient log in
+  ``<variant>/gradmon/``; a ``variant.json`` there records status (``done``/``failed`` + error), the varied
+  values, metrics and wall time, so a re-run skips completed variants (an interrupted ablation resumes);
+- a failing variant is recorded as failed and the runner goes on;
+- at the end (and after each variant, so partial results are always on disk): ``ablation.csv`` and
+  ``ablation.parquet`` (one row per variant), ``ablation.md`` and ``ablation.html`` (table, gradient-flow
+  profile of every variant on one chart, heatmaps side by side);
+- W&B (when the monitor's ``wandb`` option is on and wandb is importable): one run per variant in one
+  ``group``, the varied values in each run's config, and a final ``summary`` run with the comparison table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from ultralytics.utils import LOGGER
+
+from ..config import CLI_PREFIX, GradmonConfig
+from ..monitor import GradientMonitor
+from ..outputs import load_summary
+from ..sinks.base import PREFIX
+from .grid import Grid, GridError, Variant, load_grid, sweep_config, variant_from_sweep_config
+from .swaps import apply_variant
+
+STATUS_NAME = "variant.json"
+
+
+def _metrics_of(trainer) -> dict[str, float | None]:
+    """Final mAP and losses from the trainer (validation runs at the final epoch even with val=False)."""
+    out: dict[str, float | None] = {}
+    metrics = dict(getattr(trainer, "metrics", None) or {})
+    for key, col in (("metrics/mAP50(B)", "map50"), ("metrics/mAP50-95(B)", "map50_95")):
+        v = metrics.get(key)
+        out[col] = float(v) if v is not None else None
+    try:
+        losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+        out.update({k.replace("/", "_"): float(v) for k, v in losses.items()})
+    except Exception:  # noqa: BLE001
+        pass
+    for k, v in metrics.items():
+        if k.startswith("val/"):
+            out[k.replace("/", "_")] = float(v)
+    return out
+
+
+def gradient_columns(summary: dict) -> dict[str, Any]:
+    """Per-variant gradient facts from a run's ``summary.json``."""
+    stats = summary.get("module_stats") or []
+    flags = summary.get("flags") or []
+    med = [s.get("median_grad_norm") for s in stats]
+    g2w = [s.get("median_grad_to_weight") for s in stats]
+    head = med[-1] if med else None
+    first = med[0] if med else None
+    flow = summary.get("flow_attenuation")  # head -> first layers, when the gradient-flow signal is on
+    return {
+        "flow_attenuation": flow,
+        "grad_norm_first_over_head": (first / head) if first and head else None,
+        "median_grad_to_weight_first3": [x for x in g2w[:3]],
+        "flagged_count": len({f["module"] for f in flags}),
+        "flagged_modules": ",".join(sorted({f["module"] for f in flags})),
+        "first_flagged_step": min((f["first_step"] for f in flags), default=None),
+        "steps_logged": summary.get("steps_logged"),
+    }
+
+
+def train_variant(grid: Grid, variant: Variant, out_dir: Path, wandb_group: str | None = None) -> dict:
+    """Train one variant with the monitor attached; return its result row (raises on failure)."""
+    model, report = apply_variant(variant.trainer_args["model"], **variant.modifications)
+    cfg = GradmonConfig.from_dict(grid.gradmon)
+    monitor = GradientMonitor(cfg).attach(model)
+    args = {k: v for k, v in variant.trainer_args.items() if k != "model"}
+    args.update(project=str(out_dir), name=variant.name, exist_ok=True)
+    run = _start_wandb_run(cfg, wandb_group, variant, report)
+    t0 = time.time()
+    try:
+        model.train(**args)
+    finally:
+        if run is not None:
+            run.finish()
+    wall = time.time() - t0
+    summary = monitor.summary or load_summary(out_dir / variant.name)
+    row = {"variant": variant.name, **variant.values, "status": "done", "error": None, "wall_time_s": wall}
+    row.update(_metrics_of(model.trainer))
+    row.update(gradient_columns(summary))
+    row["swap_report"] = json.dumps(report, default=str)
+    return row
+
+
+def _start_wandb_run(cfg: GradmonConfig, group: str | None, variant: Variant, report: dict):
+    if not cfg.wandb or group is None:
+        return None
+    try:
+        import wandb
+
+        if getattr(wandb.run, "id", None):
+            wandb.run.finish()
+        return wandb.init(
+            project=str(variant.trainer_args.get("wandb_project") or "yolo-gradmon-ablation"),
+            group=group,
+            name=variant.name,
+            job_type="ablation",
+            config={**variant.values, "ablation": variant.values, "swap_report": report},
+            reinit=True,
+        )
+    except Exception as e:  # noqa: BLE001 - W&B never blocks an ablation
+        LOGGER.warning(f"{PREFIX}ablation: no W&B run for {variant.name} ({type(e).__name__}: {e})")
+        return None
+
+
+def run_grid(grid: Grid, resume: bool = True) -> Path:
+    """Train every variant of ``grid`` (skipping completed ones) and write the comparison; return its dir."""
+    variants = grid.variants()
+    out_dir = Path(grid.project) / grid.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "grid.json").write_text(json.dumps(grid.to_dict(), indent=2, default=str))
+    group = f"{grid.name}"
+    rows: list[dict] = []
+    t_start, trained = time.time(), 0
+    for k, variant in enumerate(variants, 1):
+        status_path = out_dir / variant.name / STATUS_NAME
+        if resume and status_path.is_file():
+            prev = json.loads(status_path.read_text())
+            if prev.get("status") == "done":
+                LOGGER.info(f"{PREFIX}ablation: variant {k}/{len(variants)} {variant.name}: already complete, skipped")
+                rows.append(prev)
+                continue
+        eta = ""
+        if trained:
+            per = (time.time() - t_start) / trained
+            eta = f", ETA {_fmt_s(per * (len(variants) - k + 1))}"
+        LOGGER.info(f"{PREFIX}ablation: variant {k}/{len(variants)} {variant.name} {variant.values}{eta}")
+        try:
+            row = train_variant(grid, variant, out_dir, wandb_group=group)
+        except Exception as e:  # noqa: BLE001 - one failing variant never stops the grid
+            LOGGER.error(f"{PREFIX}ablation: variant {variant.name} failed: {type(e).__name__}: {e}")
+            row = {"variant": variant.name, **variant.values, "status": "failed",
+                   "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
+        trained += 1
+        status_path.parent.mkdir(parents=True, exist_ok=True)
+        status_path.write_text(json.dumps(row, indent=2, default=str))
+        rows.append(row)
+        write_comparison(out_dir, rows, grid)
+    write_comparison(out_dir, rows, grid)
+    _log_wandb_summary(grid, rows, group)
+    done = sum(r.get("status") == "done" for r in rows)
+    LOGGER.info(f"{PREFIX}ablation: {done}/{len(variants)} variants done; comparison in {out_dir / 'ablation.html'}")
+    return out_dir
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def comparison_frame(rows: list[dict], grid: Grid) -> pl.DataFrame:
+    """One row per variant, flat columns (lists joined) for CSV."""
+    flat = []
+    for r in rows:
+        f = {k: v for k, v in r.items() if k not in ("traceback", "swap_report")}
+        g = f.pop("median_grad_to_weight_first3", None) or []
+        for i in range(3):
+            f[f"median_grad_to_weight_L{i}"] = g[i] if i < len(g) else None
+        flat.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in f.items()})
+    return pl.DataFrame(flat, infer_schema_length=None)
+
+
+def write_comparison(out_dir: Path, rows: list[dict], grid: Grid) -> pl.DataFrame:
+    """``ablation.csv``/``.parquet``/``.md``/``.html`` from the rows so far."""
+    df = comparison_frame(rows, grid)
+    df.write_csv(out_dir / "ablation.csv")
+    df.write_parquet(out_dir / "ablation.parquet")
+    from .compare import write_pages
+
+    write_pages(out_dir, df, rows, grid)
+    return df
+
+
+def _log_wandb_summary(grid: Grid, rows: list[dict], group: str) -> None:
+    if not GradmonConfig.from_dict(grid.gradmon).wandb:
+        return
+    try:
+        import wandb
+
+        df = comparison_frame(rows, grid)
+        run = wandb.init(project="yolo-gradmon-ablation", group=group, name=f"{group}-summary", job_type="ablation-summary",
+                         config={"grid": grid.to_dict()}, reinit=True)
+        table = wandb.Table(columns=df.columns, data=[list(r) for r in df.rows()])
+        run.log({"ablation/comparison": table})
+        run.summary["ablation/variants"] = df.height
+        run.finish()
+    except Exception as e:  # noqa: BLE001
+        LOGGER.warning(f"{PREFIX}ablation: W&B summary run skipped ({type(e).__name__}: {e})")
+
+
+def sweep_train(config: dict | None = None, grid_path: str | None = None, start_run: bool | None = None) -> dict:
+    """Train the variant a W&B sweep run describes: the ``wandb agent`` entry point.
+
+    ``config`` holds the axes' values, the constants written by :func:`sweep_config` and ``grid`` (the
+    grid YAML's path); with ``config=None`` it is read from ``wandb.config`` of a run started here. Used
+    by ``wandb.agent(sweep_id, function=sweep_train)`` and by ``yolo-gradmon sweep-run key=value ...``,
+    the command the sweep config names. ``project``/``name``/``gradmon_*`` keys in the config apply too.
+    """
+    run = None
+    if start_run is None:
+        start_run = config is None
+    if start_run:
+        import wandb
+
+        run = wandb.init(config=config or {})
+        config = {**(config or {}), **dict(wandb.config)}
+    config = dict(config or {})
+    path = grid_path or config.get("grid")
+    if not path:
+        raise GridError("sweep config: no 'grid' (path of the ablation grid YAML)")
+    overrides = {k: v for k, v in config.items() if k.startswith(CLI_PREFIX) or k in ("project", "name")}
+    grid = load_grid(path, overrides)
+    variant = variant_from_sweep_config(grid, config)
+    out_dir = Path(grid.project) / grid.name
+    row: dict = {"variant": variant.name, **variant.values, "status": "failed"}
+    try:
+        row = train_variant(grid, variant, out_dir, wandb_group=None)
+    except Exception as e:  # noqa: BLE001 - record, then let the agent see the failure
+        row["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        (out_dir / variant.name).mkdir(parents=True, exist_ok=True)
+        (out_dir / variant.name / STATUS_NAME).write_text(json.dumps(row, indent=2, default=str))
+        if run is not None:
+            run.finish()
+    return row
+
+
+def write_sweep(grid: Grid, grid_path: str | Path) -> Path:
+    """Write ``<project>/<name>/sweep.yaml``: W&B's grid search over the same axes, run by ``yolo-gradmon sweep-run``."""
+    import yaml
+
+    cfg = sweep_config(grid)
+    cfg["parameters"]["grid"] = {"value": str(Path(grid_path).resolve())}
+    cfg["program"] = "yolo-gradmon"
+    cfg["command"] = ["yolo-gradmon", "sweep-run", "${args_no_hyphens}"]
+    path = Path(grid.project) / grid.name / "sweep.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def main(grid_path: str, overrides: dict, sweep: bool = False) -> int:
+    """CLI body of ``yolo-gradmon ablate``."""
+    grid = load_grid(grid_path, overrides)  # validates the whole grid before any training
+    if sweep:
+        path = write_sweep(grid, grid_path)
+        print(f"gradmon: W&B sweep config written to {path}\n  wandb sweep {path}\n  wandb agent <entity/project/sweep_id>")
+        return 0
+    run_grid(grid)
+    return 0
