@@ -110,6 +110,8 @@ def test_parquet_and_summary(trained):
     assert summary["modules"] == log.modules and summary["steps_logged"] == len(ref)
     assert isinstance(summary["flags"], list)
     assert not [f for f in summary["flags"] if f["kind"] in ("vanishing", "exploding")]
+    for png in ("heatmap.png", "curves.png"):  # local media even without W&B
+        assert (mon.out_dir / png).stat().st_size > 10_000
 
 
 def test_module_granularity_and_frozen_layers(tmp_path):

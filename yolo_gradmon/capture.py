@@ -56,6 +56,7 @@ class StepStats:
     update_to_weight: np.ndarray
     max_abs_grad: np.ndarray
     nonfinite: np.ndarray
+    extra: dict = dataclasses.field(default_factory=dict)  # record fields of the extra sources (flow, health)
 
     def module_rows(self, names: Sequence[str]) -> list[dict]:
         """Long-format rows (one per module that received a gradient)."""
@@ -104,6 +105,9 @@ class GradientCapture:
         self._copy: list[torch.Tensor] | None = None
         self._copy_params: list[torch.Tensor] | None = None
         self._copy_fresh = False  # weights copied before the last step, ‖Δw‖ not measured yet
+        # more on-device signals riding the logged step's one sync: objects with device_parts() -> {name: tensor}
+        # and host_fields({name: array}) -> record fields (see flow.FlowHooks, health.ActivationHealth)
+        self.extra_sources: list = []
 
     # ------------------------------------------------------------------ public
     def step(
@@ -185,6 +189,8 @@ class GradientCapture:
         parts = [grad_sq, weight_sq, max_abs]
         if scale is not None:
             parts.append(scale.float().reshape(1))
+        extra = {k: t for src in self.extra_sources for k, t in src.device_parts().items()}
+        parts += list(extra.values())
         if self._pending is not None:
             parts = self._pending_tensors() + parts
         host = _sync(parts)
@@ -195,6 +201,10 @@ class GradientCapture:
             host = host[n_prev:]
         grad_sq_h, weight_sq_h, max_abs_h = host[:G], host[G : 2 * G], host[2 * G : 3 * G]
         amp_scale = float(host[3 * G]) if scale is not None else None
+        off, extra_h = 3 * G + (scale is not None), {}
+        for k, t in extra.items():
+            extra_h[k], off = host[off : off + t.numel()], off + t.numel()
+        extra_fields = {k: v for src in self.extra_sources for k, v in src.host_fields(extra_h).items()}
 
         has_grad = np.zeros(G, dtype=bool)
         has_grad[np.asarray([g for g, ok in zip(L.group_of, present) if ok], dtype=np.int64)] = True
@@ -221,6 +231,7 @@ class GradientCapture:
             update_to_weight=np.full(G, np.nan),
             max_abs_grad=np.where(has_grad, max_abs_h, np.nan),
             nonfinite=nonfinite,
+            extra=extra_fields,
         )
         self._pending = _Pending(stats, scale_before=scale.clone() if scale is not None else None)
         return done

@@ -34,6 +34,9 @@ class GradmonConfig:
     log_every: int = 1
     granularity: str = "layer"
     update_ratio: bool = True
+    flow: bool = True
+    activation_health: bool = True
+    health_eps: float = 1e-3
     # where it goes
     wandb: bool = True
     wandb_media_every: int = 0
@@ -42,17 +45,24 @@ class GradmonConfig:
     # detection rules (counted in logged steps)
     clip_norm: float = 10.0
     vanish_grad_to_weight: float = 1e-6
-    vanish_update_to_weight: float = 1e-7
+    vanish_flow_attenuation: float = 1e-5
+    vanish_flow_cut: float = 1e-2
     vanish_window: int = 5
     explode_factor: float = 100.0
     explode_window: int = 1
+    explode_clip_factor: float = 1e4
+    explode_clip_window: int = 5
     dead_window: int = 5
-    warmup_skip: bool = True
     min_steps: int = 3
+    cause_saturated: float = 0.5
+    cause_dead: float = 0.5
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_value(f.name, getattr(self, f.name), f.default)
+        for name in _FRACTIONS:
+            if getattr(self, name) > 1:
+                raise GradmonConfigError(f"gradmon option '{name}' is a fraction in (0, 1], got {getattr(self, name)}")
         if self.granularity not in GRANULARITIES:
             raise GradmonConfigError(
                 f"gradmon option 'granularity={self.granularity!r}' is invalid; valid values: {', '.join(GRANULARITIES)}"
@@ -85,8 +95,9 @@ class GradmonConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GradmonConfig)}
-_POSITIVE_INTS = {"log_every", "vanish_window", "explode_window", "dead_window", "min_steps"}
+_POSITIVE_INTS = {"log_every", "vanish_window", "explode_window", "explode_clip_window", "dead_window", "min_steps"}
 _NON_NEGATIVE_INTS = {"wandb_media_every"}
+_FRACTIONS = ("cause_saturated", "cause_dead")
 
 
 def _check_value(name: str, value: Any, default: Any) -> None:

@@ -18,18 +18,21 @@ def format_table(summary: dict) -> list[str]:
     for f in summary.get("flags", []):
         flags_of.setdefault(f["module"], []).append(f["kind"])
     stats = {s["module"]: s for s in summary.get("module_stats", [])}
+    flow = {s["layer"]: s.get("median_flow_attenuation") for s in summary.get("layer_stats") or []}
     width = max([len(m) for m in summary["modules"]] + [6])
-    head = f"{'module':<{width}} {'steps':>6} {'grad norm':>10} {'grad/w':>10}  flags"
+    fcol = f" {'flow/head':>10}" if flow else ""
+    head = f"{'module':<{width}} {'steps':>6} {'grad norm':>10} {'grad/w':>10}{fcol}  flags"
     lines = [head]
     for m, trainable in zip(summary["modules"], summary.get("trainable") or [True] * len(summary["modules"])):
         s = stats.get(m)
         if s is None:
             note = "frozen" if not trainable else "no gradient"
-            lines.append(f"{m:<{width}} {0:>6} {'-':>10} {'-':>10}  ({note})")
+            lines.append(f"{m:<{width}} {0:>6} {'-':>10} {'-':>10}{' ' * len(fcol)}  ({note})")
             continue
         fl = ",".join(sorted(set(flags_of.get(m, [])))) or "-"
+        fv = f" {_g(flow.get(m)):>10}" if flow else ""
         lines.append(
-            f"{m:<{width}} {s['steps']:>6} {_g(s['median_grad_norm']):>10} {_g(s['median_grad_to_weight']):>10}  {fl}"
+            f"{m:<{width}} {s['steps']:>6} {_g(s['median_grad_norm']):>10} {_g(s['median_grad_to_weight']):>10}{fv}  {fl}"
         )
     return lines
 
@@ -45,7 +48,8 @@ def print_start(n_modules: int, n_trainable: int, granularity: str, log_every: i
 def print_end(summary: dict, where: str) -> None:
     n = summary["steps_logged"]
     verdict = (
-        "too few steps to judge" if summary.get("too_few_steps") else f"{len(summary['flagged_modules'])} module(s) flagged"
+        summary.get("verdict", "too few steps to judge") if summary.get("too_few_steps")
+        else f"{len(summary['flagged_modules'])} module(s) flagged"
     )
     LOGGER.info(f"\n{PREFIX}{n} optimizer step(s) logged, {verdict}. Medians over logged steps:")
     for line in format_table(summary):

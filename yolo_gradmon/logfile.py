@@ -27,6 +27,10 @@ SCHEMA_VERSION = 1
 LOG_NAME = "gradients.jsonl"
 MODULE_COLUMNS = ("grad_norm", "weight_norm", "grad_to_weight", "update_to_weight", "max_abs_grad", "nonfinite")
 STEP_COLUMNS = ("lr", "amp_scale", "amp_skipped", "total_norm", "clip_active", "warmup")
+# Optional per-layer arrays of a ``step`` line, aligned with the header's ``layers`` (every top-level layer, with or
+# without parameters); absent in logs written without the flow / activation-health signals (same schema version).
+LAYER_COLUMNS = ("flow_norm", "flow_attenuation", "act_saturated", "act_dead")
+LAYERS_PARQUET_NAME = "layers.parquet"
 
 
 class LogSchemaError(ValueError):
@@ -123,16 +127,30 @@ class GradLog:
 
     def frame(self) -> pl.DataFrame:
         """Long format: one row per (logged step, module that received a gradient)."""
-        return module_frame(self.steps, self.modules)
+        return module_frame(self.steps, self.modules, self.header.get("layer_index") if self.layers else None)
+
+    @property
+    def layers(self) -> list[str]:
+        """Every top-level layer (flow / activation-health columns align with it); [] in logs without them."""
+        return list(self.header.get("layers") or [])
+
+    def layer_frame(self) -> pl.DataFrame:
+        """Depth signals: one row per (logged step, top-level layer)."""
+        return layer_frame(self.steps, self.layers)
 
     def step_frame(self) -> pl.DataFrame:
         """Whole-model columns: one row per logged step."""
         return step_frame(self.steps)
 
 
-def module_frame(records: list[dict], modules: list[str]) -> pl.DataFrame:
-    """Long format of ``step`` records: one row per (step, module that received a gradient)."""
-    cols: dict[str, list] = {k: [] for k in ("step", "epoch", "module", *MODULE_COLUMNS)}
+def module_frame(records: list[dict], modules: list[str], layer_index: list[int] | None = None) -> pl.DataFrame:
+    """Long format of ``step`` records: one row per (step, module that received a gradient).
+
+    With ``layer_index`` (the header's: each module's top-level layer), the optional ``LAYER_COLUMNS`` are added too,
+    each module carrying its layer's value (null where the log has none).
+    """
+    extra = LAYER_COLUMNS if layer_index is not None else ()
+    cols: dict[str, list] = {k: [] for k in ("step", "epoch", "module", *MODULE_COLUMNS, *extra)}
     for rec in records:
         has = rec.get("has_grad")
         for i, name in enumerate(modules):
@@ -144,9 +162,38 @@ def module_frame(records: list[dict], modules: list[str]) -> pl.DataFrame:
             for c in MODULE_COLUMNS:
                 v = rec[c][i]
                 cols[c].append(None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
+            for c in extra:
+                arr, li = rec.get(c), layer_index[i]
+                cols[c].append(_finite_or_none(arr[li]) if arr is not None and 0 <= li < len(arr) else None)
     schema = {"step": pl.Int64, "epoch": pl.Int64, "module": pl.Utf8}
-    schema.update({c: pl.Float64 for c in MODULE_COLUMNS})
+    schema.update({c: pl.Float64 for c in (*MODULE_COLUMNS, *extra)})
     schema["nonfinite"] = pl.Int64
+    return pl.DataFrame(cols, schema=schema)
+
+
+def _finite_or_none(v):
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def layer_frame(records: list[dict], layers: list[str]) -> pl.DataFrame:
+    """The depth signals of ``step`` records: one row per (step, top-level layer), for records that carry them.
+
+    Columns: ``step, epoch, layer, flow_backwards`` and ``LAYER_COLUMNS`` (null where not measured).
+    """
+    cols: dict[str, list] = {k: [] for k in ("step", "epoch", "layer", "flow_backwards", *LAYER_COLUMNS)}
+    for rec in records:
+        if not any(rec.get(c) is not None for c in LAYER_COLUMNS):
+            continue
+        for li, name in enumerate(layers):
+            cols["step"].append(rec["step"])
+            cols["epoch"].append(rec["epoch"])
+            cols["layer"].append(name)
+            cols["flow_backwards"].append(rec.get("flow_backwards"))
+            for c in LAYER_COLUMNS:
+                arr = rec.get(c)
+                cols[c].append(_finite_or_none(arr[li]) if arr is not None and li < len(arr) else None)
+    schema = {"step": pl.Int64, "epoch": pl.Int64, "layer": pl.Utf8, "flow_backwards": pl.Int64}
+    schema.update({c: pl.Float64 for c in LAYER_COLUMNS})
     return pl.DataFrame(cols, schema=schema)
 
 

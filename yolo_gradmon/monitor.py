@@ -20,12 +20,13 @@ from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from . import console
-from .capture import GradientCapture, StepStats
+from .capture import GradientCapture, StepStats, _scale_tensor
 from .config import GradmonConfig
 from .layout import build_layout
 from .logfile import LOG_NAME, read_log, step_record
 from .outputs import build_summary, write_outputs
 from .rules import RuleEngine, StepView
+from .signals import DepthSignals
 from .sinks.base import PREFIX, GuardedSink, RunContext
 from .sinks.local import LocalSink, header_record
 
@@ -107,6 +108,7 @@ class GradientMonitor:
         self._model = None
         self._capture: GradientCapture | None = None
         self._engine: RuleEngine | None = None
+        self._signals: DepthSignals | None = None
         self._sinks: list[GuardedSink] = []
         self._step = 0
         self._calls = 0
@@ -171,6 +173,8 @@ class GradientMonitor:
             resumed=resumed,
             start_step=start_step,
             start_epoch=int(getattr(trainer, "start_epoch", 0)),
+            header_extra=self._signals.header(),
+            records=self.records,
         )
         self._sinks = [GuardedSink(LocalSink(), error=True)] + [GuardedSink(s) for s in self._make_extra_sinks()]
         for s in self._sinks:
@@ -197,6 +201,7 @@ class GradientMonitor:
         self._batch_i += 1
         try:
             self._ensure_hooked(trainer)  # a callback may have replaced trainer.optimizer_step
+            self._signals.arm(self._step % self.cfg.log_every == 0)  # flow/health hooks: logged steps' batches only
         except Exception as e:  # noqa: BLE001
             self._disable(e)
 
@@ -204,6 +209,9 @@ class GradientMonitor:
         if not self._active:
             return
         try:
+            # no hook of ours on the model between epochs: Ultralytics deep-copies it there (NaN recovery's new EMA),
+            # and a copy carrying our hooks could not be saved; the next batch re-arms them
+            self._signals.arm(False)
             self._flush()
         except Exception as e:  # noqa: BLE001
             self._disable(e)
@@ -229,6 +237,7 @@ class GradientMonitor:
         finally:
             self._active = False
             self._unwrap(trainer)
+            self._remove_signals()
 
     def _finish(self) -> None:
         if not self._sinks:
@@ -245,8 +254,12 @@ class GradientMonitor:
         if local.enabled:
             try:
                 self.summary = write_outputs(self.out_dir, header, self.records, self.flags, complete=True)
+                from .report import render_pngs  # matplotlib only at train end
+
+                heat, curves = render_pngs(self.out_dir, header, self.records)
+                self.summary["media"] = {"heatmap": str(heat), "curves": str(curves)}
             except Exception as e:  # noqa: BLE001
-                LOGGER.error(f"{PREFIX}could not write Parquet/summary in {self.out_dir}: {e}")
+                LOGGER.error(f"{PREFIX}could not write Parquet/summary/PNGs in {self.out_dir}: {e}")
         for s in self._sinks:
             s.call("finish", self.summary)
         if self.cfg.console:
@@ -274,7 +287,12 @@ class GradientMonitor:
         self._capture = GradientCapture(
             build_layout(model, self.cfg.granularity), update_ratio=self.cfg.update_ratio, clip_norm=self.cfg.clip_norm
         )
-        self._engine = RuleEngine(self._capture.layout.names, self._capture.layout.trainable, self.cfg)
+        self._remove_signals()
+        scale = lambda: _scale_tensor(getattr(trainer, "scaler", None))  # noqa: E731 - AMP scale of each backward
+        self._signals = DepthSignals(model, self.cfg, trainer, scale_fn=scale)
+        self._capture.extra_sources = self._signals.sources_for_capture
+        layout = self._capture.layout
+        self._engine = RuleEngine(layout.names, layout.trainable, self.cfg, layout.layer_index, self._signals.header())
 
     def _model_replaced(self, trainer) -> None:
         """A callback replaced ``trainer.model`` mid-run: finish the old model's record, re-hook the new one."""
@@ -391,8 +409,16 @@ class GradientMonitor:
                 run()
         return state["result"]
 
+    def _remove_signals(self) -> None:
+        if self._signals is not None:
+            try:
+                self._signals.remove()
+            except Exception:  # noqa: BLE001 - removing hooks never stops training
+                pass
+
     def _disable(self, e: Exception) -> None:
         self._active = False
+        self._remove_signals()
         where = f"; the log up to here is in {self.out_dir}" if self.out_dir is not None else ""
         LOGGER.error(
             f"{PREFIX}gradient capture disabled after {type(e).__name__}: {e}. Training continues unmonitored{where}."
@@ -405,6 +431,7 @@ class GradientMonitor:
     def _emit(self, done: list[StepStats]) -> None:
         for stats in done:
             record = step_record(stats, self._warmup.pop(stats.step, None))
+            record.update(stats.extra)  # flow / activation-health fields (optional in the log)
             self.records.append(record)
             new = self._engine.update(StepView.from_record(record))
             self.flags = self._engine.flags

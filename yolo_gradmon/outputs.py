@@ -13,7 +13,8 @@ import numpy as np
 import polars as pl
 
 from .config import GradmonConfig
-from .logfile import SCHEMA_VERSION, dumps, locate_log, module_frame, read_log, step_frame
+from .logfile import (LAYERS_PARQUET_NAME, SCHEMA_VERSION, dumps, layer_frame, locate_log, module_frame, read_log,
+                      step_frame)
 from .rules import Flag, evaluate
 
 PARQUET_NAME = "gradients.parquet"
@@ -37,13 +38,53 @@ def module_table(frame: pl.DataFrame, modules: list[str]) -> list[dict]:
     return [by_name[m] for m in modules if m in by_name]
 
 
+def layer_table(records: list[dict], layers: list[str]) -> list[dict]:
+    """Per top-level layer: gradient-flow and activation-health medians/extremes over the logged steps."""
+    frame = layer_frame(records, layers)
+    if frame.height == 0:
+        return []
+    agg = frame.group_by("layer").agg(
+        pl.col("flow_norm").median().alias("median_flow_norm"),
+        pl.col("flow_attenuation").median().alias("median_flow_attenuation"),
+        pl.col("flow_attenuation").min().alias("min_flow_attenuation"),
+        pl.col("act_saturated").median().alias("median_act_saturated"),
+        pl.col("act_saturated").max().alias("max_act_saturated"),
+        pl.col("act_dead").median().alias("median_act_dead"),
+        pl.col("act_dead").max().alias("max_act_dead"),
+    )
+    by_name = {r["layer"]: r for r in agg.to_dicts()}
+    return [by_name[m] for m in layers if m in by_name]
+
+
+def judgement(header: dict, records: list[dict]) -> tuple[bool, str]:
+    """Whether the run had enough logged evidence for the rules to judge, and a one-line verdict on it.
+
+    A vanishing flag needs ``vanish_window`` low observations (logged steps for grad/weight, backward passes for the
+    gradient flow), the exploding spike rule ``min_steps`` logged steps of history: fewer means "too few steps to
+    judge", never "healthy".
+    """
+    cfg = header.get("config", {})
+    window = int(cfg.get("vanish_window", GradmonConfig.vanish_window))
+    min_steps = int(cfg.get("min_steps", GradmonConfig.min_steps))
+    steps = len(records)
+    passes = sum(int(r.get("flow_backwards") or 0) for r in records)
+    seen = max(steps, passes)
+    few = steps < min_steps or seen < window
+    what = f"{steps} logged optimizer step(s)" + (f", {passes} backward pass(es) with gradient flow" if passes else "")
+    if few:
+        return True, (f"too few steps to judge: {what}; a vanishing flag needs {window} observations and the "
+                      f"exploding rule {min_steps} steps of history")
+    return False, f"judged on {what}"
+
+
 def build_summary(header: dict, records: list[dict], flags: list[Flag], complete: bool) -> dict:
     """The ``summary.json`` content (pure: no file access)."""
     modules = list(header["modules"])
     frame = module_frame(records, modules)
     steps = [r["step"] for r in records]
     cfg = header.get("config", {})
-    min_steps = int(cfg.get("min_steps", GradmonConfig.min_steps))
+    few, verdict = judgement(header, records)
+    layers = list(header.get("layers") or [])
     return {
         "schema": SCHEMA_VERSION,
         "model": header.get("model"),
@@ -58,10 +99,16 @@ def build_summary(header: dict, records: list[dict], flags: list[Flag], complete
         "last_step": max(steps) if steps else None,
         "epochs": max((r["epoch"] for r in records), default=0),
         "complete": complete,
-        "too_few_steps": len(records) < min_steps,
+        "too_few_steps": few,
+        "verdict": verdict,
+        "backward_passes": sum(int(r.get("flow_backwards") or 0) for r in records),
         "flags": [f.to_dict() for f in flags],
         "flagged_modules": sorted({f.module for f in flags}),
         "module_stats": module_table(frame, modules),
+        "flow": bool(header.get("flow")),
+        "activation_health": bool(header.get("activation_health")),
+        "layers": layers,
+        "layer_stats": layer_table(records, layers) if layers else [],
         "config": cfg,
     }
 
@@ -70,8 +117,11 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict], flags: list[
     """Write the Parquet files and ``summary.json`` into ``out_dir``; return the summary."""
     out_dir = Path(out_dir)
     modules = list(header["modules"])
-    module_frame(records, modules).write_parquet(out_dir / PARQUET_NAME)
+    layers = list(header.get("layers") or [])
+    module_frame(records, modules, header.get("layer_index") if layers else None).write_parquet(out_dir / PARQUET_NAME)
     step_frame(records).write_parquet(out_dir / STEPS_PARQUET_NAME)
+    if layers:
+        layer_frame(records, layers).write_parquet(out_dir / LAYERS_PARQUET_NAME)
     summary = build_summary(header, records, flags, complete)
     (out_dir / SUMMARY_NAME).write_text(json.dumps(json.loads(dumps(summary)), indent=2))
     return summary
@@ -82,7 +132,7 @@ def rebuild(path: str | Path) -> dict:
     log_path = locate_log(path)
     log = read_log(log_path)
     cfg = GradmonConfig.from_dict(log.header.get("config", {}))
-    flags = evaluate(log.modules, log.header["trainable"], log.steps, cfg)
+    flags = evaluate(log.modules, log.header["trainable"], log.steps, cfg, log.header.get("layer_index"), log.header)
     return write_outputs(log_path.parent, log.header, log.steps, flags, complete=log.ended)
 
 

@@ -4,18 +4,30 @@
 :func:`evaluate` replays a whole history through it, so the flags in ``summary.json``, the console and
 W&B are the same whether computed live or rebuilt from the log.
 
-Windows are counted in *logged* steps, so ``log_every`` changes wall time, not the logic.
+Windows are counted in *logged* steps (gradient-flow windows in backward passes, see below), so ``log_every``
+changes wall time, not the logic. Every threshold is calibrated on healthy YOLO26n/YOLO11n runs and planted ground
+truth; the numbers are in ``configs/default.yaml``.
 
 - ``nonfinite``: any NaN/Inf gradient value; flagged on the step it appears.
 - ``dead``: gradient exactly zero for ``dead_window`` consecutive logged steps.
-- ``vanishing``: grad/weight ratio below ``vanish_grad_to_weight`` (or update/weight below
-  ``vanish_update_to_weight``) for ``vanish_window`` consecutive logged steps; clears after it stays above
-  for as many steps (hysteresis; the flag records first and last step).
-- ``exploding``: grad norm above ``explode_factor`` x its running median for ``explode_window`` consecutive
-  logged steps, after ``min_steps`` steps of history.
+- ``vanishing`` (hysteresis): a module's scale-free signals stay low for ``vanish_window`` observations:
 
-Inside Ultralytics' warm-up the learning rate ramps up from 0, so update/weight ratios there are not
-evidence of vanishing when ``warmup_skip`` is on (grad/weight ratios still are: they do not depend on lr).
+  * its layer's gradient-flow attenuation ‖dL/d out‖/‖dL/d out_head‖ below ``vanish_flow_attenuation``, or the
+    layer reaches the head only through a *cut* (a layer whose output gradient is below ``vanish_flow_cut`` x the
+    largest at its consumers' outputs). Counted in backward passes: a logged step adds its ``flow_backwards`` (its
+    attenuation is the largest over them), which is what makes runs with few optimizer steps judgeable;
+  * or its grad/weight ratio below ``vanish_grad_to_weight``, counted in logged steps.
+
+  It clears after as many healthy logged steps. update/weight is evidence only: Adam-family optimizers normalize
+  the update (a planted 1e-6 choke leaves it at healthy values) and with SGD it follows the lr schedule.
+  No decision signal depends on the learning rate, so Ultralytics' warm-up (lr ramping from 0) cannot raise flags.
+- ``exploding``: grad norm above ``explode_factor`` x its running median (last 50 logged norms, after
+  ``min_steps`` steps of history) for ``explode_window`` logged steps (1: immediately), or above
+  ``explode_clip_factor`` x ``clip_norm`` for ``explode_clip_window`` logged steps (a condition present from the
+  first step, when there is no median yet).
+
+Each flag carries its evidence (values, thresholds, window, and for vanishing the likely cause named from the
+activation health and the flow profile, :func:`yolo_gradmon.health.likely_cause`).
 """
 
 from __future__ import annotations
@@ -65,6 +77,12 @@ class StepView:
     update_to_weight: Sequence[float | None]
     nonfinite: Sequence[int]
     warmup: bool = False
+    # optional depth signals, per top-level layer (the header's ``layers``); absent in logs without them
+    flow_attenuation: Sequence[float | None] | None = None
+    flow_norm: Sequence[float | None] | None = None
+    flow_backwards: int = 0
+    act_saturated: Sequence[float | None] | None = None
+    act_dead: Sequence[float | None] | None = None
 
     @classmethod
     def from_record(cls, rec: dict) -> "StepView":
@@ -76,6 +94,11 @@ class StepView:
             update_to_weight=rec["update_to_weight"],
             nonfinite=rec["nonfinite"],
             warmup=bool(rec.get("warmup")),
+            flow_attenuation=rec.get("flow_attenuation"),
+            flow_norm=rec.get("flow_norm"),
+            flow_backwards=int(rec.get("flow_backwards") or 0),
+            act_saturated=rec.get("act_saturated"),
+            act_dead=rec.get("act_dead"),
         )
 
 
@@ -86,12 +109,17 @@ def _f(x) -> float:
 class RuleEngine:
     """Incremental detector over logged steps for a fixed module list."""
 
-    def __init__(self, modules: Sequence[str], trainable: Sequence[bool], cfg: GradmonConfig):
+    def __init__(self, modules: Sequence[str], trainable: Sequence[bool], cfg: GradmonConfig,
+                 layer_index: Sequence[int] | None = None, layers: dict | None = None):
+        self.layer_index = list(layer_index) if layer_index is not None else [-1] * len(modules)
+        self.layers = dict(layers or {})
         self.modules = list(modules)
         self.trainable = list(trainable)
         self.cfg = cfg
         n = len(self.modules)
-        self._low = np.zeros(n, dtype=np.int64)  # consecutive low-signal steps
+        self._low = np.zeros(n, dtype=np.int64)  # consecutive logged steps with a low grad/weight ratio
+        self._low_flow = np.zeros(n, dtype=np.int64)  # consecutive backward passes with a low flow attenuation
+        self._clip = np.zeros(n, dtype=np.int64)  # consecutive logged steps with a norm above clip_norm
         self._ok = np.zeros(n, dtype=np.int64)  # consecutive healthy steps while flagged
         self._zero = np.zeros(n, dtype=np.int64)
         self._high = np.zeros(n, dtype=np.int64)
@@ -99,12 +127,22 @@ class RuleEngine:
         self.flags: list[Flag] = []
         self._open: dict[tuple[str, int], Flag] = {}
         self.steps_seen = 0
+        self.backwards_seen = 0  # backward passes with a flow measurement
+        names = self.layers.get("layers") or []
+        self._head = len(names) - 1 if names else -1
+        self._sources = [list(s) for s in (self.layers.get("layer_from") or [])]
+        self._cons: list[list[int]] = [[] for _ in self._sources]
+        for j, src in enumerate(self._sources):
+            for q in src:
+                self._cons[q].append(j)
+        self._behind_cache: dict[int, list[int]] = {}
 
     def update(self, view: StepView) -> list[Flag]:
         """Consume one logged step; return the flags raised by it (new flags only)."""
         cfg = self.cfg
         self.steps_seen += 1
         new: list[Flag] = []
+        cuts = self._cuts(view)
         for i, name in enumerate(self.modules):
             if not self.trainable[i] or not view.has_grad[i]:
                 continue
@@ -119,44 +157,100 @@ class RuleEngine:
             self._zero[i] = self._zero[i] + 1 if g == 0.0 else 0
             if self._zero[i] >= cfg.dead_window:
                 new += self._raise("dead", i, view.step, {"zero_steps": int(self._zero[i]), "window": cfg.dead_window})
-            # vanishing (hysteresis)
-            if view.warmup and cfg.warmup_skip:
-                u = float("nan")  # warm-up ramps lr from 0: tiny updates there say nothing about gradients
-            low = g > 0.0 and (
-                (math.isfinite(r) and r < cfg.vanish_grad_to_weight)
-                or (math.isfinite(u) and u < cfg.vanish_update_to_weight)
-            )
-            if low:
-                self._low[i] += 1
+            # vanishing (hysteresis): scale-free signals below calibrated thresholds for a window
+            li = self.layer_index[i] if i < len(self.layer_index) else -1
+            a = float("nan")
+            if view.flow_attenuation is not None and 0 <= li < len(view.flow_attenuation) and li != self._head:
+                a = _f(view.flow_attenuation[li])
+            cut = cuts.get(li)  # (ratio, cut layer) when this layer reaches the head only through a cut
+            low_r = g > 0.0 and math.isfinite(r) and r < cfg.vanish_grad_to_weight
+            low_a = math.isfinite(a) and (a < cfg.vanish_flow_attenuation or cut is not None)
+            self._low[i] = self._low[i] + 1 if low_r else 0
+            if math.isfinite(a):  # a step without a flow value for this layer neither adds nor resets
+                self._low_flow[i] = self._low_flow[i] + max(1, view.flow_backwards) if low_a else 0
+            if low_r or low_a:
                 self._ok[i] = 0
-                if self._low[i] >= cfg.vanish_window:
-                    ev = {
-                        "grad_to_weight": r,
-                        "update_to_weight": u,
-                        "threshold_grad_to_weight": cfg.vanish_grad_to_weight,
-                        "threshold_update_to_weight": cfg.vanish_update_to_weight,
-                        "window": cfg.vanish_window,
-                    }
-                    new += self._raise("vanishing", i, view.step, ev)
-            else:
-                self._low[i] = 0
+                if max(self._low[i], self._low_flow[i]) >= cfg.vanish_window or ("vanishing", i) in self._open:
+                    new += self._raise("vanishing", i, view.step, self._vanish_evidence(view, i, li, r, u, a, cut))
+            elif math.isfinite(a) or math.isfinite(r):
+                self._low[i] = self._low_flow[i] = 0
                 if ("vanishing", i) in self._open:
                     self._ok[i] += 1
                     if self._ok[i] >= cfg.vanish_window:
                         self._open.pop(("vanishing", i)).active = False
-            # exploding
+            # exploding: a spike far above the running median (immediately), or a norm above the clip threshold
+            # for a window (catches a condition present from the first step, when there is no median yet)
+            bound = cfg.explode_clip_factor * cfg.clip_norm
+            self._clip[i] = self._clip[i] + 1 if g > bound else 0
+            if self._clip[i] >= cfg.explode_clip_window:
+                ev = {"grad_norm": g, "threshold_grad_norm": bound, "clip_norm": cfg.clip_norm,
+                      "steps_above": int(self._clip[i]), "window": cfg.explode_clip_window,
+                      "rule": "far above the clip threshold for a window"}
+                new += self._raise("exploding", i, view.step, ev)
             hist = self._norms[i]
             if len(hist) >= cfg.min_steps:
                 med = float(np.median(hist[-50:]))
                 if med > 0 and g > cfg.explode_factor * med:
                     self._high[i] += 1
                     if self._high[i] >= cfg.explode_window:
-                        ev = {"grad_norm": g, "running_median": med, "factor": g / med, "threshold": cfg.explode_factor}
+                        ev = {"grad_norm": g, "running_median": med, "factor": g / med, "threshold": cfg.explode_factor,
+                              "window": cfg.explode_window, "rule": "spike over the running median"}
                         new += self._raise("exploding", i, view.step, ev)
                     continue  # keep the spike out of the running median
                 self._high[i] = 0
             hist.append(g)
+        if view.flow_attenuation is not None:
+            self.backwards_seen += max(1, view.flow_backwards)
         return new
+
+    def _cuts(self, view: StepView) -> dict[int, tuple[float, int]]:
+        """Layers behind a cut: {layer: (ratio, cut layer)} for every layer all of whose paths to the head pass through
+        a layer k whose output gradient is below ``vanish_flow_cut`` x the largest gradient at the outputs of k's
+        consumers (the head excluded: its output is the loss gradient, not a layer-to-layer step)."""
+        flow = view.flow_norm
+        if flow is None or not self._sources or len(flow) != len(self._sources):
+            return {}
+        out: dict[int, tuple[float, int]] = {}
+        for k, cons in enumerate(self._cons):
+            fk = _f(flow[k])
+            down = [_f(flow[c]) for c in cons if c != self._head]
+            down = [d for d in down if math.isfinite(d)]
+            if not math.isfinite(fk) or not down or max(down) <= 0:
+                continue
+            ratio = fk / max(down)
+            if ratio < self.cfg.vanish_flow_cut:
+                if k not in self._behind_cache:
+                    from .flow import upstream_only
+
+                    self._behind_cache[k] = upstream_only(self._sources, k)
+                for j in self._behind_cache[k]:
+                    if j not in out or ratio < out[j][0]:
+                        out[j] = (ratio, k)
+        return out
+
+    def _vanish_evidence(self, view: StepView, i: int, li: int, r: float, u: float, a: float, cut=None) -> dict:
+        cfg = self.cfg
+        low_a = math.isfinite(a) and a < cfg.vanish_flow_attenuation
+        signals = [n for n, low in (("flow_attenuation", low_a), ("flow_cut", cut is not None),
+                                    ("grad_to_weight", math.isfinite(r) and r < cfg.vanish_grad_to_weight)) if low]
+        ev = {
+            "signals": "+".join(signals),
+            "flow_attenuation": a,
+            "threshold_flow_attenuation": cfg.vanish_flow_attenuation,
+            "grad_to_weight": r,
+            "threshold_grad_to_weight": cfg.vanish_grad_to_weight,
+            "update_to_weight": u,
+            "window": cfg.vanish_window,
+            **({"cut_at": self.layers["layers"][cut[1]], "cut_ratio": cut[0], "threshold_flow_cut": cfg.vanish_flow_cut}
+               if cut is not None else {}),
+            "low_backward_passes": int(self._low_flow[i]),
+            "low_logged_steps": int(self._low[i]),
+        }
+        if li >= 0 and self.layers.get("layers"):
+            from .health import likely_cause
+
+            ev["cause"] = likely_cause(li, view, self.layers, cfg)
+        return ev
 
     def _raise(self, kind: str, i: int, step: int, evidence: dict) -> list[Flag]:
         key = (kind, i)
@@ -179,13 +273,26 @@ def _merge_evidence(old: dict, new: dict) -> dict:
     if "nonfinite_values" in old:
         out["nonfinite_values"] = int(old["nonfinite_values"]) + int(new.get("nonfinite_values", 0))
     if "grad_to_weight" in old and "grad_to_weight" in new:
-        out["min_grad_to_weight"] = min(_f(old.get("min_grad_to_weight", old["grad_to_weight"])), _f(new["grad_to_weight"]))
+        out["min_grad_to_weight"] = _nanmin(old.get("min_grad_to_weight", old["grad_to_weight"]), new["grad_to_weight"])
+    if "flow_attenuation" in old and "flow_attenuation" in new:
+        out["min_flow_attenuation"] = _nanmin(old.get("min_flow_attenuation", old["flow_attenuation"]),
+                                              new["flow_attenuation"])
+    if "grad_norm" in old and "grad_norm" in new and old.get("rule") == new.get("rule") is not None:
+        out["max_grad_norm"] = max(_f(old.get("max_grad_norm", old["grad_norm"])), _f(new["grad_norm"]))
+    if "cause" in old and "cause" not in new:
+        out["cause"] = old["cause"]
     return out
 
 
-def evaluate(modules: Sequence[str], trainable: Sequence[bool], records: Iterable[dict], cfg: GradmonConfig) -> list[Flag]:
+def _nanmin(a, b) -> float:
+    vals = [v for v in (_f(a), _f(b)) if math.isfinite(v)]
+    return min(vals) if vals else float("nan")
+
+
+def evaluate(modules: Sequence[str], trainable: Sequence[bool], records: Iterable[dict], cfg: GradmonConfig,
+             layer_index: Sequence[int] | None = None, layers: dict | None = None) -> list[Flag]:
     """Replay logged ``step`` records through a fresh :class:`RuleEngine`; return every flag."""
-    engine = RuleEngine(modules, trainable, cfg)
+    engine = RuleEngine(modules, trainable, cfg, layer_index, layers)
     for rec in records:
         engine.update(StepView.from_record(rec))
     return engine.flags

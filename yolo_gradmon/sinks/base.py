@@ -31,6 +31,8 @@ class RunContext:
     resumed: bool = False
     start_step: int = 0
     start_epoch: int = 0
+    records: list = dataclasses.field(default_factory=list)  # the monitor's step records, resumed ones too
+    header_extra: dict = dataclasses.field(default_factory=dict)  # optional header fields (layers, flow, health)
 
 
 class Sink:

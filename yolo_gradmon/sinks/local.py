@@ -55,4 +55,5 @@ def header_record(ctx: RunContext) -> dict:
         "numel": ctx.numel,
         "layer_index": ctx.layer_index,
         "config": ctx.cfg.to_dict(),
+        **getattr(ctx, "header_extra", {}),
     }

@@ -53,7 +53,6 @@ Failures
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import re
@@ -119,7 +118,6 @@ class WandbSink(Sink):
         self.run = None
         self.owns_run = False
         self.ctx: RunContext | None = None
-        self.records: list[dict] = []  # the monitor's own record dicts (references), for the media
         self.flags: dict[tuple[str, str], Flag] = {}
         self.steps_logged = 0
         self.last_step: int | None = None
@@ -162,7 +160,6 @@ class WandbSink(Sink):
         LOGGER.info(f"{PREFIX}streaming to W&B {whose} {getattr(run, 'name', '')!r} (x-axis {STEP_KEY})")
 
     def log_step(self, stats: StepStats, record: dict, n_flagged: int) -> None:
-        self.records.append(record)
         self._log(self._row(record, n_flagged))
         self.steps_logged += 1
         self.last_step = int(record["step"])
@@ -199,7 +196,7 @@ class WandbSink(Sink):
     def finish(self, summary: dict) -> None:
         self._row_open = False  # train end: Ultralytics' last row was committed in on_fit_epoch_end
         self._drain()
-        self._log(self._media_row(summary.get("flags") or [], None))  # the summary's flags: resumed ones too
+        self._log(self._media_row(summary.get("flags") or [], None, summary.get("media")))  # resumed flags too
         self.run.summary.update(_summary_fields(summary, self.alerts_sent))
         self._finished = True
         if self.owns_run:
@@ -255,7 +252,7 @@ class WandbSink(Sink):
             self.run.log(self._queue.pop(0))
 
     # ------------------------------------------------------------------ media
-    def _media_row(self, flags: list[dict], epoch: int | None) -> dict:
+    def _media_row(self, flags: list[dict], epoch: int | None, rendered: dict | None = None) -> dict:
         """Heatmap, curves and flags table (``flags``: ``Flag.to_dict()`` rows) of everything logged so far
         (``epoch``: a periodic one)."""
         from .. import report  # matplotlib: imported only when media are drawn
@@ -266,15 +263,17 @@ class WandbSink(Sink):
             out, tag, when = out / "wandb_media", f"_epoch{epoch:04d}", f" (after epoch {epoch})"
         else:
             tag = when = ""
-        frame = module_frame(self.records, ctx.modules)
-        flagged = sorted({f["module"] for f in flags})
-        what = Path(str(ctx.model_name)).name
-        kw = {"flagged": flagged} if "flagged" in inspect.signature(report.heatmap_png).parameters else {}
-        heat = report.heatmap_png(
-            frame, ctx.modules, out / f"heatmap{tag}.png", column="grad_norm",
-            title=f"Gradient flow: ‖grad‖ per module, {what}{when}", **kw
-        )
-        curves = report.curves_png(frame, ctx.modules, out / f"curves{tag}.png", column="grad_norm")
+        if rendered and all(Path(rendered.get(k, "")).is_file() for k in ("heatmap", "curves")):
+            heat, curves = Path(rendered["heatmap"]), Path(rendered["curves"])  # the monitor's local PNGs
+        else:
+            frame = module_frame(ctx.records, ctx.modules)  # the monitor's records, resumed ones too
+            flagged = sorted({f["module"] for f in flags})
+            what = Path(str(ctx.model_name)).name
+            heat = report.heatmap_png(
+                frame, ctx.modules, out / f"heatmap{tag}.png", column="grad_norm",
+                title=f"Gradient flow: ‖grad‖ per module, {what}{when}", flagged=flagged
+            )
+            curves = report.curves_png(frame, ctx.modules, out / f"curves{tag}.png", column="grad_norm")
         rows = [
             [f["kind"], f["module"], int(f["first_step"]), int(f["last_step"]), bool(f.get("active", True)),
              dumps(f.get("evidence") or {})]

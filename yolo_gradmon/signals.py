@@ -1,0 +1,65 @@
+"""The depth signals of a run: gradient flow (:mod:`flow`) and activation health (:mod:`health`), wired to the
+monitor: built on the trainer's model, armed for the forward/backward passes of logged optimizer steps only, and
+read with the logged step's one device-to-host transfer (``GradientCapture.extra_sources``).
+"""
+
+from __future__ import annotations
+
+from ultralytics.utils import LOGGER
+
+from .config import GradmonConfig
+from .flow import FlowHooks, compiled, layer_names, layer_sources, top_layers
+from .health import ELEMENTWISE, ActivationHealth
+from .sinks.base import PREFIX
+
+
+class DepthSignals:
+    """Flow and activation-health hooks of one model (either may be off)."""
+
+    def __init__(self, model, cfg: GradmonConfig, trainer=None, scale_fn=None):
+        self.flow: FlowHooks | None = None
+        self.health: ActivationHealth | None = None
+        self.names: list[str] = layer_names(model)
+        self.sources: list[list[int]] = layer_sources(model)
+        wanted = [k for k in ("flow", "activation_health") if getattr(cfg, k)]
+        if wanted and top_layers(model) is None:
+            LOGGER.warning(f"{PREFIX}{' and '.join(wanted)} need an Ultralytics layer list (model.model); off for "
+                           f"{type(model).__name__}.")
+            wanted = []
+        if wanted and trainer is not None and compiled(trainer):
+            LOGGER.warning(
+                f"{PREFIX}{' and '.join(wanted)} off under compile=True (tensor and forward hooks inside a compiled "
+                "graph would break it); parameter gradients are still monitored. Train without compile to get them."
+            )
+            wanted = []
+        if "flow" in wanted:
+            self.flow = FlowHooks(model, scale_fn)
+        if "activation_health" in wanted:
+            self.health = ActivationHealth(model, cfg.health_eps)
+            self.acts = self.health.layer_acts
+        else:
+            layers = top_layers(model)
+            self.acts = [sorted({type(m).__name__ for m in layer.modules() if isinstance(m, ELEMENTWISE)})
+                         for layer in (layers if layers is not None else [])]
+
+    @property
+    def sources_for_capture(self) -> list:
+        return [s for s in (self.flow, self.health) if s is not None]
+
+    def arm(self, on: bool) -> None:
+        for s in self.sources_for_capture:
+            s.arm(on)
+
+    def remove(self) -> None:
+        for s in self.sources_for_capture:
+            s.remove()
+
+    def header(self) -> dict:
+        """Header fields: every top-level layer (with or without parameters), its inputs, its activations."""
+        return {
+            "layers": self.names,
+            "layer_from": self.sources,
+            "layer_acts": self.acts,
+            "flow": self.flow is not None,
+            "activation_health": self.health is not None,
+        }
