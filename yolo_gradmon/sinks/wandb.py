@@ -157,7 +157,7 @@ class WandbSink(Sink):
         ]
         self._place_markers(trainer)
         whose = "new run" if self.owns_run else "active run"
-        LOGGER.info(f"{PREFIX}streaming to W&B {whose} {getattr(run, 'name', '')!r} (x-axis {STEP_KEY})")
+        LOGGER.info(f"{PREFIX}streaming to W&B {whose} {getattr(run, 'name', None) or getattr(run, 'id', '')!r} (x-axis {STEP_KEY})")
 
     def log_step(self, stats: StepStats, record: dict, n_flagged: int) -> None:
         self._log(self._row(record, n_flagged))
