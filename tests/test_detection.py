@@ -314,6 +314,8 @@ def test_cause_names_saturated_units():
     cause = e.flags[0].evidence["cause"]
     assert "saturated" in cause and "90% in 02.Conv" in cause and "80% in 01.Conv" in cause
     assert likely_cause(0, view(1), LAYERS, GradmonConfig()).startswith("no saturated or dead units")
+    weak = likely_cause(2, view(1, att=[2.0, 1.5, 1.0, 5e-7, 1.0]), LAYERS, GradmonConfig())
+    assert weak == "03.Concat feeds only the head and receives 5.0e-07x the head's output gradient"
 
 
 def test_exploding_spike_immediately_and_nonfinite_at_once():
@@ -322,7 +324,7 @@ def test_exploding_spike_immediately_and_nonfinite_at_once():
         assert not e.update(view(s))
     new = e.update(view(6, g=[5.0, 5.0, 5e4, 5.0]))  # 1e4 x the running median of 02.Conv
     assert [(f.kind, f.module) for f in new] == [("exploding", "02.Conv")]
-    assert new[0].evidence["factor"] == pytest.approx(1e4) and new[0].evidence["threshold"] == 100.0
+    assert new[0].evidence["factor"] == pytest.approx(1e4) and new[0].evidence["threshold"] == 1000.0
     new = e.update(view(7, g=[5.0, float("nan"), 5.0, 5.0], nonfinite=[0, 12, 0, 0]))
     assert [(f.kind, f.module) for f in new] == [("nonfinite", "01.Conv")]
 

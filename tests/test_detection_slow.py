@@ -36,12 +36,12 @@ def assert_healthy(mon):
     assert not bad, bad
     st = calibration_stats(mon.records, read_log(mon.out_dir).header)
     cfg = mon.cfg
-    # margins to the thresholds (measured: >= 67x, 54x, 280x, 45x, 4.7x; see configs/default.yaml)
+    # measured margins on these runs: flow >= 170x, cut >= 56x, grad/w >= 7300x, clip >= 45x, spike >= 15x
     assert st["min_flow_attenuation"] > 10 * cfg.vanish_flow_attenuation
     assert st["min_local_flow_ratio"] > 10 * cfg.vanish_flow_cut
     assert st["min_grad_to_weight"] > 10 * cfg.vanish_grad_to_weight
     assert st["max_grad_norm_over_clip"] < cfg.explode_clip_factor / 10
-    assert st["max_spike_factor"] < cfg.explode_factor
+    assert st["max_spike_factor"] < cfg.explode_factor / 10
     return st
 
 

@@ -48,7 +48,7 @@ class GradmonConfig:
     vanish_flow_attenuation: float = 1e-5
     vanish_flow_cut: float = 1e-2
     vanish_window: int = 5
-    explode_factor: float = 100.0
+    explode_factor: float = 1000.0
     explode_window: int = 1
     explode_clip_factor: float = 1e4
     explode_clip_window: int = 5

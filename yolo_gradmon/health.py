@@ -239,8 +239,9 @@ def likely_cause(layer: int, view, layers: dict, cfg) -> str:
     on the layers between it and the head (``layers``: the log header's ``layers``/``layer_from``/``layer_acts``).
 
     Checked in order: saturated units (>= ``cause_saturated``), dead units (>= ``cause_dead``), a cut (the gradient
-    entering one layer is >= 100x weaker than at all of its consumers' outputs), saturating activations (Sigmoid/Tanh
-    family: derivative <= 0.25 / 1 per layer) on the path; otherwise attenuation spread over depth.
+    at one layer's output below ``vanish_flow_cut`` x the largest at its consumers' outputs, the head excluded),
+    saturating activations (Sigmoid/Tanh family: derivative <= 0.25 / 1 per layer) on the path; otherwise
+    attenuation spread over depth.
     """
     names = list(layers.get("layers") or [])
     sources = layers.get("layer_from") or []
@@ -271,19 +272,26 @@ def likely_cause(layer: int, view, layers: dict, cfg) -> str:
     for i, src in enumerate(sources):
         for q in src:
             cons[q].append(i)
-    cuts = []
+    head = len(names) - 1
+    cuts, weak_from_head = [], []
     for j in path:
-        if att[j] is None or not cons[j]:
+        if att[j] is None or not cons[j] or j == head:
             continue
-        downstream_att = [att[c] for c in cons[j] if att[c] is not None]
+        inner = [c for c in cons[j] if c != head]
+        downstream_att = [att[c] for c in inner if att[c] is not None]
         if downstream_att and max(downstream_att) > 0:
             ratio = att[j] / max(downstream_att)
-            if ratio < 1e-2:
+            if ratio < cfg.vanish_flow_cut:
                 cuts.append((ratio, j))
+        elif not inner and att[j] < cfg.vanish_flow_attenuation:
+            weak_from_head.append((att[j], j))
     if cuts:
         ratio, j = min(cuts)
         out.append(f"gradient cut at {names[j]}'s output: {ratio:.1e}x the gradient at its consumers' outputs "
-                   f"({', '.join(names[c] for c in cons[j])})")
+                   f"({', '.join(names[c] for c in cons[j] if c != head)})")
+    elif weak_from_head:
+        a, j = min(weak_from_head)
+        out.append(f"{names[j]} feeds only the head and receives {a:.1e}x the head's output gradient")
     if not out:
         kinds = sorted({a for j in path for a in acts[j] if a in _SATURATING})
         if kinds:

@@ -119,7 +119,7 @@ class RuleEngine:
         n = len(self.modules)
         self._low = np.zeros(n, dtype=np.int64)  # consecutive logged steps with a low grad/weight ratio
         self._low_flow = np.zeros(n, dtype=np.int64)  # consecutive backward passes with a low flow attenuation
-        self._clip = np.zeros(n, dtype=np.int64)  # consecutive logged steps with a norm above clip_norm
+        self._clip = np.zeros(n, dtype=np.int64)  # consecutive logged steps above explode_clip_factor x clip_norm
         self._ok = np.zeros(n, dtype=np.int64)  # consecutive healthy steps while flagged
         self._zero = np.zeros(n, dtype=np.int64)
         self._high = np.zeros(n, dtype=np.int64)

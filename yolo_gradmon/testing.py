@@ -175,18 +175,18 @@ def calibration_stats(records: list[dict], header: dict) -> dict:
     out["min_grad_to_weight"], out["min_grad_to_weight_module"] = argmin(gw, modules)
     g = _arr(records, "grad_norm")
     out["max_grad_norm_over_clip"] = float(np.nanmax(g)) / clip if g.size else None
-    spike = 0.0
+    spike, where = 0.0, None
     for j in range(g.shape[1] if g.size else 0):
         hist = []
-        for v in g[:, j]:
+        for t, v in enumerate(g[:, j]):
             if not np.isfinite(v):
                 continue
             if len(hist) >= 3:
                 med = float(np.median(hist[-50:]))
-                if med > 0:
-                    spike = max(spike, v / med)
+                if med > 0 and v / med > spike:
+                    spike, where = v / med, (modules[j] if j < len(modules) else j, int(records[t]["step"]))
             hist.append(v)
-    out["max_spike_factor"] = spike
+    out["max_spike_factor"], out["max_spike_at"] = spike, where
     warm = np.array([bool(r.get("warmup")) for r in records])
     u = _arr(records, "update_to_weight")
     out["min_update_to_weight"] = float(np.nanmin(u[~warm])) if u.size and (~warm).any() else None
