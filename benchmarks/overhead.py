@@ -105,6 +105,44 @@ class Timer:
         tr.optimizer_step = outer
 
 
+class HookClock:
+    """Time spent inside the flow / activation-health hooks (forward and backward passes of logged steps).
+
+    On the CPU a hook's kernels run synchronously, so the wall time inside it is its full cost; on CUDA it
+    is only the launch cost (read the step ratio there). Installed by patching the hook factories/methods
+    of :class:`~yolo_gradmon.flow.FlowHooks` and :class:`~yolo_gradmon.health.ActivationHealth`.
+    """
+
+    seconds = 0.0
+
+    @classmethod
+    def install(cls) -> None:
+        from yolo_gradmon.flow import FlowHooks
+        from yolo_gradmon.health import ActivationHealth
+
+        def timed(fn):
+            def wrapper(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    cls.seconds += time.perf_counter() - t0
+
+            return wrapper
+
+        def timed_factory(factory):
+            return lambda self, i: timed(factory(self, i))
+
+        for klass, factories, methods in (
+            (FlowHooks, ("_forward_hook", "_grad_hook"), ("_start_pass",)),
+            (ActivationHealth, ("_enter",), ("_leave", "_act_hook")),
+        ):
+            for name in factories:
+                setattr(klass, name, timed_factory(getattr(klass, name)))
+            for name in methods:
+                setattr(klass, name, timed(getattr(klass, name)))
+
+
 def closure_swap(fn, old, new):
     for cell in fn.__closure__ or ():
         if cell.cell_contents is old:
@@ -116,6 +154,8 @@ VARIANTS = {
     "default": {},  # layer granularity, flow + activation health (defaults), local + W&B sinks
     "layer-grads": {"flow": False, "activation_health": False, "wandb": False},
     "layer-local": {"wandb": False},
+    "layer-flow": {"activation_health": False, "wandb": False},
+    "layer-health": {"flow": False, "wandb": False},
     "module": {"granularity": "module", "flow": False, "activation_health": False, "wandb": False},
     "param": {"granularity": "param", "flow": False, "activation_health": False, "wandb": False},
 }
@@ -156,10 +196,11 @@ def variant(name: str, tr, workdir: Path):
 def measure(args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    HookClock.install()
     work = Path(tempfile.mkdtemp(prefix="gradmon-bench-"))
     tr = build_trainer(args.model, args.data, args.batch, args.imgsz, args.device, str(work))
     batch = fixed_batch(tr, args.batch)
-    variants = ["plain", *VARIANTS]
+    variants = ["plain", *(args.variants or VARIANTS)]
     if not args.no_watch:
         variants.append("wandb.watch")
     times = {v: [] for v in variants}
@@ -176,7 +217,7 @@ def measure(args) -> dict:
                 for _ in range(args.steps):
                     if tr.device.type == "cuda":
                         torch.cuda.synchronize()
-                    a0 = timer.added if timer else 0.0
+                    a0 = (timer.added if timer else 0.0) + HookClock.seconds
                     t0 = time.perf_counter()
                     if timer:
                         timer.monitor.on_train_batch_start(tr)  # arms the flow/health hooks for this batch
@@ -185,7 +226,7 @@ def measure(args) -> dict:
                         torch.cuda.synchronize()
                     times[v].append(time.perf_counter() - t0)
                     if timer:
-                        added[v].append(timer.added - a0)
+                        added[v].append(timer.added + HookClock.seconds - a0)
         print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{v}={statistics.median(times[v]) * 1e3:.1f}ms" for v in variants), flush=True)
     base = statistics.median(times["plain"])
     watch_added = statistics.median(times["wandb.watch"]) - base if "wandb.watch" in times else None
@@ -270,6 +311,7 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-watch", action="store_true", help="skip the wandb.watch peer")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="monitor variants to run (default: all)")
     ap.add_argument("--scaling", action="store_true", help="capture cost vs n/s/m scale and memory bandwidth")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -284,8 +326,8 @@ def main():
             add = f"{r['monitor_added_s'] * 1e3:.2f} ms ({r['monitor_added_fraction'] * 100:.2f}%)" if "monitor_added_s" in r else ""
             print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} {add:>14}")
     if not args.scaling:
-        print("monitor added = time inside the optimizer_step wrapper; the flow/health hooks run in forward/backward, "
-              "so for variants with them only the step ratio shows their cost")
+        print("monitor added = time inside the optimizer_step wrapper plus time inside the flow/health hooks "
+              "(forward/backward); on CUDA the hooks' kernels are asynchronous: read the ratio there")
     print(f"wrote {out}")
 
 
