@@ -74,7 +74,7 @@ class GuardedSink:
         except Exception as e:  # noqa: BLE001 - a sink must never break training
             self.enabled = False
             msg = (
-                f"{PREFIX}{self.sink.name} sink disabled after {type(e).__name__} in {method}(): {e}. "
+                f"{PREFIX}{self.sink.name} sink disabled after {type(e).__name__} in {method}(): {str(e).rstrip('. ')}. "
                 "Training continues; other sinks are unaffected."
             )
             (LOGGER.error if self._error else LOGGER.warning)(msg)
