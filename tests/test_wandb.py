@@ -210,6 +210,30 @@ def test_alone_every_module_every_step_equals_local_log(alone):
 
 
 @requires_coco8
+def test_alone_depth_signals_per_layer_equal_local_log(alone):
+    """Gradient flow and activation health reach W&B per top-level layer, equal to the local log."""
+    log = alone.log
+    layers = log.header["layers"]
+    assert log.header["flow"] and log.header["activation_health"]
+    rows = gradient_rows(history(alone.records))
+    for rec in log.steps:
+        row = rows[rec["step"]]
+        assert rec["flow_backwards"] >= 1
+        for field, name in (("flow_norm", "flow"), ("flow_attenuation", "flow_attenuation"),
+                            ("act_saturated", "act_saturated"), ("act_dead", "act_dead")):
+            values = rec[field]
+            assert len(values) == len(layers)
+            for layer, v in zip(layers, values):
+                key = f"gradients/{name}/{layer}"
+                assert (key in row) == (v is not None), (rec["step"], key)
+                if v is not None:
+                    assert close(row[key], v), (rec["step"], key)
+        assert close(row[f"gradients/flow_attenuation/{layers[-1]}"], 1.0)  # relative to the head
+        assert sum(f"gradients/flow/{layer}" in row for layer in layers) == len(layers)  # every layer, Concat too
+        assert f"gradients/act_dead/{layers[0]}" in row  # SiLU layers report dead units
+
+
+@requires_coco8
 def test_alone_media_and_flags_table(alone):
     media = [h for h in history(alone.records) if "gradmon/heatmap._type" in h]
     assert len(media) == 1 and media[0][STEP_KEY] == 4

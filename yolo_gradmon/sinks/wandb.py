@@ -14,7 +14,11 @@ Metrics (one flat ``run.log`` per logged optimizer step, x-axis ``gradients/step
     (0/1), ``gradients/amp_scale`` and ``gradients/amp_skipped`` (0/1; with AMP only),
     ``gradients/flagged_modules`` (modules with an active flag), and per module
     ``gradients/norm/<module>``, ``gradients/grad_to_weight/<module>``, ``gradients/update_to_weight/<module>``
-    (with ``update_ratio=True``) and ``gradients/max_abs/<module>``. Module keys (``02.C3k2``) sort in depth
+    (with ``update_ratio=True``) and ``gradients/max_abs/<module>``; per top-level layer, with the depth signals
+    on, ``gradients/flow/<layer>`` (RMS of ‖dL/d out‖ over the step's backward passes),
+    ``gradients/flow_attenuation/<layer>`` (that over the head's, the least attenuated pass) and
+    ``gradients/act_saturated/<layer>`` / ``gradients/act_dead/<layer>`` (fractions; only layers that have such
+    activations). Module keys (``02.C3k2``) sort in depth
     order. A module that received no gradient at a step has no keys in that step's row; a module that did has
     all of them, with **NaN** where the statistic is non-finite (NaN/Inf gradients) or undefined (zero weight
     norm): the same cells the local log stores as ``null``.
@@ -155,6 +159,12 @@ class WandbSink(Sink):
              f"gradients/max_abs/{m}")
             for m in ctx.modules
         ]
+        layers = list(ctx.header_extra.get("layers") or [])  # every top-level layer, parameter-free ones too
+        self._depth_keys = {
+            field: [f"gradients/{name}/{layer}" for layer in layers]
+            for field, name in (("flow_norm", "flow"), ("flow_attenuation", "flow_attenuation"),
+                                ("act_saturated", "act_saturated"), ("act_dead", "act_dead"))
+        }
         self._place_markers(trainer)
         whose = "new run" if self.owns_run else "active run"
         LOGGER.info(f"{PREFIX}streaming to W&B {whose} {getattr(run, 'name', None) or getattr(run, 'id', '')!r} (x-axis {STEP_KEY})")
@@ -236,6 +246,11 @@ class WandbSink(Sink):
             if upd:
                 row[k_u] = _num(u2w[i])
             row[k_m] = _num(mx[i])
+        for field, keys in getattr(self, "_depth_keys", {}).items():
+            values = record.get(field) or []
+            for key, v in zip(keys, values):
+                if v is not None:  # layer not reached by this step's passes / no activation of that kind: no key
+                    row[key] = _num(v)
         return row
 
     def _log(self, row: dict) -> None:
