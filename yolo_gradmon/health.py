@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .flow import _warn_failed, top_layers
+from .flow import _warn_failed, consumers, top_layers
 
 ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardswish, nn.Hardtanh,
@@ -217,10 +217,7 @@ class ActivationHealth:
 # ---------------------------------------------------------------------------------------------- naming the cause
 def _downstream(layer: int, sources) -> list[int]:
     """``layer`` and every layer its output reaches on the way to the head."""
-    cons = [[] for _ in sources]
-    for i, src in enumerate(sources):
-        for s in src:
-            cons[s].append(i)
+    cons = consumers(sources)
     seen, stack = {layer}, [layer]
     while stack:
         for c in cons[stack.pop()]:
@@ -268,10 +265,7 @@ def likely_cause(layer: int, view, layers: dict, cfg) -> str:
     d = worst(dead, cfg.cause_dead)
     if d:
         out.append(f"dead activation units (no gradient over a whole batch): {d}")
-    cons = [[] for _ in sources]
-    for i, src in enumerate(sources):
-        for q in src:
-            cons[q].append(i)
+    cons = consumers(sources)
     head = len(names) - 1
     cuts, weak_from_head = [], []
     for j in path:
@@ -282,13 +276,13 @@ def likely_cause(layer: int, view, layers: dict, cfg) -> str:
         if downstream_att and max(downstream_att) > 0:
             ratio = att[j] / max(downstream_att)
             if ratio < cfg.vanish_flow_cut:
-                cuts.append((ratio, j))
+                cuts.append((ratio, j, inner))
         elif not inner and att[j] < cfg.vanish_flow_attenuation:
             weak_from_head.append((att[j], j))
     if cuts:
-        ratio, j = min(cuts)
+        ratio, j, inner = min(cuts)
         out.append(f"gradient cut at {names[j]}'s output: {ratio:.1e}x the gradient at its consumers' outputs "
-                   f"({', '.join(names[c] for c in cons[j] if c != head)})")
+                   f"({', '.join(names[c] for c in inner)})")
     elif weak_from_head:
         a, j = min(weak_from_head)
         out.append(f"{names[j]} feeds only the head and receives {a:.1e}x the head's output gradient")

@@ -131,10 +131,9 @@ class RuleEngine:
         names = self.layers.get("layers") or []
         self._head = len(names) - 1 if names else -1
         self._sources = [list(s) for s in (self.layers.get("layer_from") or [])]
-        self._cons: list[list[int]] = [[] for _ in self._sources]
-        for j, src in enumerate(self._sources):
-            for q in src:
-                self._cons[q].append(j)
+        from .flow import consumers  # lazily, like upstream_only below: flow imports torch
+
+        self._cons = consumers(self._sources)
         self._behind_cache: dict[int, list[int]] = {}
 
     def update(self, view: StepView) -> list[Flag]:

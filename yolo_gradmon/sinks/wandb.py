@@ -68,11 +68,12 @@ from ultralytics.utils import LOGGER
 
 from ..capture import StepStats
 from ..config import GradmonConfig
-from ..logfile import dumps, module_frame
+from ..logfile import LAYER_COLUMNS, dumps, module_frame
 from ..rules import Flag
 from .base import PREFIX, RunContext, Sink
 
 STEP_KEY = "gradients/step"
+_DEPTH_SECTION = {"flow_norm": "flow"}  # W&B section of a per-layer log field (the others keep the field's name)
 ALERT_KINDS = {"nonfinite": "ERROR", "exploding": "WARN", "vanishing": "WARN"}
 MAX_ALERTS = 20  # per run; one more alert says that further flags are only in the table
 FLAG_COLUMNS = ["kind", "module", "first_step", "last_step", "active", "evidence"]
@@ -130,6 +131,7 @@ class WandbSink(Sink):
         self._alerts_capped = False
         self._row_open = False  # Ultralytics' W&B callback has an uncommitted (commit=False) row
         self._queue: list[dict] = []
+        self._depth_keys: dict[str, list[str]] = {}  # per LAYER_COLUMNS field: one key per top-level layer
         self._finished = False
         self._media_dir: Path | None = None
         self._keys: list[tuple[str, str, str, str]] = []
@@ -161,9 +163,8 @@ class WandbSink(Sink):
         ]
         layers = list(ctx.header_extra.get("layers") or [])  # every top-level layer, parameter-free ones too
         self._depth_keys = {
-            field: [f"gradients/{name}/{layer}" for layer in layers]
-            for field, name in (("flow_norm", "flow"), ("flow_attenuation", "flow_attenuation"),
-                                ("act_saturated", "act_saturated"), ("act_dead", "act_dead"))
+            field: [f"gradients/{_DEPTH_SECTION.get(field, field)}/{layer}" for layer in layers]
+            for field in LAYER_COLUMNS
         }
         self._place_markers(trainer)
         whose = "new run" if self.owns_run else "active run"
@@ -246,7 +247,7 @@ class WandbSink(Sink):
             if upd:
                 row[k_u] = _num(u2w[i])
             row[k_m] = _num(mx[i])
-        for field, keys in getattr(self, "_depth_keys", {}).items():
+        for field, keys in self._depth_keys.items():
             values = record.get(field) or []
             for key, v in zip(keys, values):
                 if v is not None:  # layer not reached by this step's passes / no activation of that kind: no key
