@@ -32,6 +32,7 @@ def test_yaml_and_keywords(tmp_path):
         ({"log_evry": 1}, "unknown gradmon option 'log_evry'"),
         ({"log_every": -1}, "'log_every' must be >= 1"),
         ({"log_every": 0}, "'log_every' must be >= 1"),
+        ({"health_every": 0}, "'health_every' must be >= 1"),
         ({"log_every": 1.5}, "'log_every' must be an integer"),
         ({"log_every": True}, "'log_every' must be an integer"),
         ({"granularity": "layers"}, "valid values: layer, module, param"),

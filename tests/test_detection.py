@@ -9,6 +9,8 @@ The long validations (COCO128, several choke points per model, Sigmoid vs SiLU/R
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -318,6 +320,24 @@ def test_cause_names_saturated_units():
     assert weak == "03.Concat feeds only the head and receives 5.0e-07x the head's output gradient"
 
 
+def test_cause_uses_the_last_activation_health_sample_between_samples():
+    """Activation health is sampled every ``health_every`` logged steps; a step without a sample names the cause
+    from the last sample and says which step that was."""
+    e = engine()
+    low = [1e-7, 1.5, 1.0, 1.2, 1.0]
+    e.update(view(1, att=low, sat=[0.0, 0.8, 0.9, None, 0.0]))
+    for s in range(2, 6):
+        e.update(dataclasses.replace(view(s, att=low), act_saturated=None, act_dead=[None] * 5))
+    f = e.flags[0]
+    assert f.first_step == 5 and f.evidence["health_step"] == 1 and "90% in 02.Conv" in f.evidence["cause"]
+    e.update(view(6, att=low, sat=[0.0, 0.0, 0.0, None, 0.0]))  # a newer sample replaces it
+    assert f.evidence["health_step"] == 6 and "90% in" not in f.evidence["cause"]
+    e2 = engine()  # no sample yet: no health_step, the cause is judged without health
+    for s in range(1, 6):
+        e2.update(dataclasses.replace(view(s, att=low), act_saturated=None, act_dead=None))
+    assert "health_step" not in e2.flags[0].evidence and "cause" in e2.flags[0].evidence
+
+
 def test_exploding_spike_immediately_and_nonfinite_at_once():
     e = engine()
     for s in range(1, 6):
@@ -419,17 +439,21 @@ def test_sigmoid_attenuates_the_flow_to_the_first_layers(tmp_path):
 @requires_coco8
 def test_log_every_and_module_granularity_carry_the_layer_signals(tmp_path):
     model = YOLO("yolo26n.yaml")
-    mon = GradientMonitor(wandb=False, log_every=2, granularity="module").attach(model)
+    mon = GradientMonitor(wandb=False, log_every=2, health_every=2, granularity="module").attach(model)
     model.train(epochs=2, project=str(tmp_path), name="le2", **TRAIN)
     log = read_log(mon.out_dir)
     assert [r["step"] for r in log.steps] == [1, 3, 5, 7]
+    # activation health on every 2nd logged step (the 1st, 3rd, ...): optimizer steps 1 and 5
+    assert [r["step"] for r in log.steps if any(v is not None for v in r["act_dead"])] == [1, 5]
     assert all(r["flow_backwards"] == 1 for r in log.steps)  # only the logged steps' backward passes are hooked
     assert all(len(r["flow_norm"]) == len(log.layers) == 24 for r in log.steps)
     df = pl.read_parquet(mon.out_dir / "gradients.parquet")
-    row = df.filter((pl.col("module") == "02.C3k2.m.0.cv1.conv") & (pl.col("step") == 3))
-    layer = log.layer_frame().filter((pl.col("layer") == "02.C3k2") & (pl.col("step") == 3))
-    assert row["flow_attenuation"][0] == pytest.approx(layer["flow_attenuation"][0])
-    assert row["act_dead"][0] == pytest.approx(layer["act_dead"][0])
+    for step in (3, 5):
+        row = df.filter((pl.col("module") == "02.C3k2.m.0.cv1.conv") & (pl.col("step") == step))
+        layer = log.layer_frame().filter((pl.col("layer") == "02.C3k2") & (pl.col("step") == step))
+        assert row["flow_attenuation"][0] == pytest.approx(layer["flow_attenuation"][0])
+        assert row["act_dead"][0] == layer["act_dead"][0]
+        assert (row["act_dead"][0] is None) == (step == 3)
     assert df.filter(pl.col("module").str.starts_with("23."))["flow_attenuation"].unique().to_list() == [1.0]
 
 

@@ -230,7 +230,8 @@ def test_alone_depth_signals_per_layer_equal_local_log(alone):
                     assert close(row[key], v), (rec["step"], key)
         assert close(row[f"gradients/flow_attenuation/{layers[-1]}"], 1.0)  # relative to the head
         assert sum(f"gradients/flow/{layer}" in row for layer in layers) == len(layers)  # every layer, Concat too
-        assert f"gradients/act_dead/{layers[0]}" in row  # SiLU layers report dead units
+        # SiLU layers report dead units on the sampled steps: every health_every=10-th logged step, here step 1
+        assert (f"gradients/act_dead/{layers[0]}" in row) == (rec["step"] == 1), rec["step"]
 
 
 @requires_coco8

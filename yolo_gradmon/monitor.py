@@ -201,7 +201,10 @@ class GradientMonitor:
         self._batch_i += 1
         try:
             self._ensure_hooked(trainer)  # a callback may have replaced trainer.optimizer_step
-            self._signals.arm(self._step % self.cfg.log_every == 0)  # flow/health hooks: logged steps' batches only
+            # the batches of the coming optimizer step (number self._step + 1): hooks only if it is logged
+            logged = self._step % self.cfg.log_every == 0
+            sampled = logged and (self._step // self.cfg.log_every) % self.cfg.health_every == 0
+            self._signals.arm(flow=logged, health=sampled)
         except Exception as e:  # noqa: BLE001
             self._disable(e)
 
@@ -211,7 +214,7 @@ class GradientMonitor:
         try:
             # no hook of ours on the model between epochs: Ultralytics deep-copies it there (NaN recovery's new EMA),
             # and a copy carrying our hooks could not be saved; the next batch re-arms them
-            self._signals.arm(False)
+            self._signals.arm(flow=False, health=False)
             self._flush()
         except Exception as e:  # noqa: BLE001
             self._disable(e)

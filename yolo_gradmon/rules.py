@@ -102,6 +102,10 @@ class StepView:
         )
 
 
+def _measured(values) -> bool:
+    return values is not None and any(v is not None for v in values)
+
+
 def _f(x) -> float:
     return float("nan") if x is None else float(x)
 
@@ -128,6 +132,7 @@ class RuleEngine:
         self._open: dict[tuple[str, int], Flag] = {}
         self.steps_seen = 0
         self.backwards_seen = 0  # backward passes with a flow measurement
+        self._health: tuple | None = None  # the last activation-health sample: (saturated, dead, step)
         names = self.layers.get("layers") or []
         self._head = len(names) - 1 if names else -1
         self._sources = [list(s) for s in (self.layers.get("layer_from") or [])]
@@ -140,6 +145,7 @@ class RuleEngine:
         """Consume one logged step; return the flags raised by it (new flags only)."""
         cfg = self.cfg
         self.steps_seen += 1
+        view = self._with_last_health(view)
         new: list[Flag] = []
         cuts = self._cuts(view)
         for i, name in enumerate(self.modules):
@@ -202,6 +208,17 @@ class RuleEngine:
             self.backwards_seen += max(1, view.flow_backwards)
         return new
 
+    def _with_last_health(self, view: StepView) -> StepView:
+        """Activation health is sampled every ``health_every``-th logged step: a step without a sample judges the
+        cause with the last one (its step is in the evidence as ``health_step``)."""
+        if _measured(view.act_saturated) or _measured(view.act_dead):
+            self._health = (view.act_saturated, view.act_dead, view.step)
+            return view
+        if self._health is None:
+            return view
+        sat, dead, _ = self._health
+        return dataclasses.replace(view, act_saturated=sat, act_dead=dead)
+
     def _cuts(self, view: StepView) -> dict[int, tuple[float, int]]:
         """Layers behind a cut: {layer: (ratio, cut layer)} for every layer all of whose paths to the head pass through
         a layer k whose output gradient is below ``vanish_flow_cut`` x the largest gradient at the outputs of k's
@@ -249,6 +266,8 @@ class RuleEngine:
             from .health import likely_cause
 
             ev["cause"] = likely_cause(li, view, self.layers, cfg)
+            if self._health is not None:
+                ev["health_step"] = self._health[2]
         return ev
 
     def _raise(self, kind: str, i: int, step: int, evidence: dict) -> list[Flag]:

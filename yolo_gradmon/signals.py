@@ -1,6 +1,7 @@
 """The depth signals of a run: gradient flow (:mod:`flow`) and activation health (:mod:`health`), wired to the
-monitor: built on the trainer's model, armed for the forward/backward passes of logged optimizer steps only, and
-read with the logged step's one device-to-host transfer (``GradientCapture.extra_sources``).
+monitor: built on the trainer's model, armed for the forward/backward passes of logged optimizer steps only (activation
+health: every ``health_every``-th logged step), and read with the logged step's one device-to-host transfer
+(``GradientCapture.extra_sources``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ class DepthSignals:
     def sources_for_capture(self) -> list:
         return [s for s in (self.flow, self.health) if s is not None]
 
-    def arm(self, on: bool) -> None:
-        for s in self.sources_for_capture:
-            s.arm(on)
+    def arm(self, flow: bool, health: bool) -> None:
+        """Hooks on for the coming forward/backward passes: flow on logged steps, health on its sampled ones."""
+        if self.flow is not None:
+            self.flow.arm(flow)
+        if self.health is not None:
+            self.health.arm(health)
 
     def remove(self) -> None:
         for s in self.sources_for_capture:
