@@ -4,7 +4,9 @@ One process, one real Ultralytics trainer, one fixed batch, same seed. Each repe
 variant in turn (interleaved A/B), each for ``--steps`` real training steps (forward, loss, backward,
 the trainer's ``optimizer_step``), and the median step time per variant is compared with "no monitor".
 Besides the ratio of medians (which includes the machine's noise), the monitor's own added time is
-timed directly inside its wrapper (time in the wrapper minus the time of the original step).
+timed directly inside its wrapper (time in the wrapper minus the time of the original step) and inside its
+flow/health hooks, averaged over whole sampling cycles (the default measures activation health on every 10th
+logged step, so each repetition times 10 of its steps).
 
     python benchmarks/overhead.py --model yolo26n.yaml --batch 16 --imgsz 640
     python benchmarks/overhead.py --model yolo11n.yaml --batch 1 --imgsz 320 --reps 15
@@ -151,11 +153,12 @@ def closure_swap(fn, old, new):
 
 # the monitor variants: options on top of the defaults (configs/default.yaml)
 VARIANTS = {
-    "default": {},  # layer granularity, flow + activation health (defaults), local + W&B sinks
+    "default": {},  # layer granularity, flow every step + activation health every 10th, local + W&B sinks
+    "all-signals": {"health_every": 1},  # flow and activation health on every step, local + W&B sinks
     "layer-grads": {"flow": False, "activation_health": False, "wandb": False},
     "layer-local": {"wandb": False},
     "layer-flow": {"activation_health": False, "wandb": False},
-    "layer-health": {"flow": False, "wandb": False},
+    "layer-health": {"flow": False, "wandb": False, "health_every": 1},
     "module": {"granularity": "module", "flow": False, "activation_health": False, "wandb": False},
     "param": {"granularity": "param", "flow": False, "activation_health": False, "wandb": False},
 }
@@ -193,6 +196,18 @@ def variant(name: str, tr, workdir: Path):
         tr.__dict__.pop("optimizer_step", None)
 
 
+def timed_steps(name: str, steps: int) -> int:
+    """Timed steps per repetition: whole sampling cycles where a signal runs on every N-th logged step only
+    (the default's activation health), so the mean over them is the amortized cost."""
+    from yolo_gradmon.config import GradmonConfig
+
+    if name not in VARIANTS:
+        return steps
+    cfg = GradmonConfig(**VARIANTS[name])
+    cycle = cfg.health_every * cfg.log_every if cfg.activation_health else 1
+    return cycle * -(-steps // cycle)
+
+
 def measure(args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -213,8 +228,8 @@ def measure(args) -> dict:
             with variant(v, tr, work) as timer:
                 if timer:
                     timer.monitor.on_train_batch_start(tr)
-                train_step(tr, batch)  # untimed first step of the variant
-                for _ in range(args.steps):
+                train_step(tr, batch)  # untimed first step of the variant (logged step 1: a sampled one)
+                for _ in range(timed_steps(v, args.steps)):
                     if tr.device.type == "cuda":
                         torch.cuda.synchronize()
                     a0 = (timer.added if timer else 0.0) + HookClock.seconds
@@ -236,12 +251,17 @@ def measure(args) -> dict:
         "params": sum(p.numel() for p in tr.model.parameters()),
         "variants": {},
     }
+    base_mean = statistics.mean(times["plain"])
     for v in variants:
         med = statistics.median(times[v])
-        row = {"median_step_s": med, "ratio_to_plain": med / base}
+        row = {"median_step_s": med, "ratio_to_plain": med / base, "mean_step_s": statistics.mean(times[v]),
+               "mean_ratio_to_plain": statistics.mean(times[v]) / base_mean, "timed_steps": len(times[v])}
         if added[v]:
-            a = statistics.median(added[v])
+            # the mean over whole sampling cycles: the amortized cost (equal to the median without sampling)
+            a = statistics.mean(added[v])
             row["monitor_added_s"] = a
+            row["monitor_added_median_s"] = statistics.median(added[v])
+            row["monitor_added_max_s"] = max(added[v])
             row["monitor_added_fraction"] = a / base
             if watch_added:
                 row["watch_added_over_monitor_added"] = watch_added / a if a > 0 else None
@@ -321,10 +341,11 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     if not args.scaling:
-        print(f"\n{'variant':<14} {'median step':>12} {'ratio':>7} {'monitor added':>14}")
+        print(f"\n{'variant':<14} {'median step':>12} {'ratio':>7} {'mean ratio':>10} {'monitor added (mean)':>22}")
         for v, r in res["variants"].items():
             add = f"{r['monitor_added_s'] * 1e3:.2f} ms ({r['monitor_added_fraction'] * 100:.2f}%)" if "monitor_added_s" in r else ""
-            print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} {add:>14}")
+            print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} "
+                  f"{r['mean_ratio_to_plain']:>10.3f} {add:>22}")
     if not args.scaling:
         print("monitor added = time inside the optimizer_step wrapper plus time inside the flow/health hooks "
               "(forward/backward); on CUDA the hooks' kernels are asynchronous: read the ratio there")
