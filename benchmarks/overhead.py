@@ -5,8 +5,8 @@ variant in turn (interleaved A/B), each for ``--steps`` real training steps (for
 the trainer's ``optimizer_step``), and the median step time per variant is compared with "no monitor".
 Besides the ratio of medians (which includes the machine's noise), the monitor's own added time is
 timed directly inside its wrapper (time in the wrapper minus the time of the original step) and inside its
-flow/health hooks, averaged over whole sampling cycles (the default measures activation health on every 10th
-logged step, so each repetition times 10 of its steps).
+flow/health hooks, averaged over whole sampling cycles (the default measures the flow on every 2nd and activation
+health on every 10th logged step, so each repetition times 10 of its steps).
 
     python benchmarks/overhead.py --model yolo26n.yaml --batch 16 --imgsz 640
     python benchmarks/overhead.py --model yolo11n.yaml --batch 1 --imgsz 320 --reps 15
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -153,11 +154,11 @@ def closure_swap(fn, old, new):
 
 # the monitor variants: options on top of the defaults (configs/default.yaml)
 VARIANTS = {
-    "default": {},  # layer granularity, flow every step + activation health every 10th, local + W&B sinks
-    "all-signals": {"health_every": 1},  # flow and activation health on every step, local + W&B sinks
+    "default": {},  # layer granularity, flow every 2nd step + activation health every 10th, local + W&B sinks
+    "all-signals": {"flow_every": 1, "health_every": 1},  # flow and activation health on every step, local + W&B
     "layer-grads": {"flow": False, "activation_health": False, "wandb": False},
-    "layer-local": {"wandb": False},
-    "layer-flow": {"activation_health": False, "wandb": False},
+    "layer-local": {"wandb": False},  # the default without the W&B sink
+    "layer-flow": {"activation_health": False, "wandb": False, "flow_every": 1},
     "layer-health": {"flow": False, "wandb": False, "health_every": 1},
     "module": {"granularity": "module", "flow": False, "activation_health": False, "wandb": False},
     "param": {"granularity": "param", "flow": False, "activation_health": False, "wandb": False},
@@ -204,7 +205,8 @@ def timed_steps(name: str, steps: int) -> int:
     if name not in VARIANTS:
         return steps
     cfg = GradmonConfig(**VARIANTS[name])
-    cycle = cfg.health_every * cfg.log_every if cfg.activation_health else 1
+    cycle = math.lcm(cfg.flow_every if cfg.flow else 1, cfg.health_every if cfg.activation_health else 1)
+    cycle *= cfg.log_every
     return cycle * -(-steps // cycle)
 
 

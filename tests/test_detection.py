@@ -338,6 +338,29 @@ def test_cause_uses_the_last_activation_health_sample_between_samples():
     assert "health_step" not in e2.flags[0].evidence and "cause" in e2.flags[0].evidence
 
 
+def test_flow_sampled_every_other_step_flags_on_the_fifth_sample_and_unsampled_steps_never_clear():
+    """flow_every=2: the steps without a flow sample (grad/weight healthy, as for a real choke) neither reset the
+    count nor clear an open flag; the cause is named from the last flow profile."""
+    e = engine()
+    low = [1e-7, 1.5, 1.0, 1.2, 1.0]
+    unsampled = lambda s: dataclasses.replace(view(s), flow_attenuation=[None] * 5, flow_norm=[None] * 5,  # noqa: E731
+                                              flow_backwards=0)
+    raised = []
+    for s in range(1, 12):
+        raised += [(s, f.module) for f in e.update(view(s, att=low) if s % 2 else unsampled(s))]
+    assert raised == [(9, "00.Conv")]  # the 5th sample: steps 1, 3, 5, 7, 9
+    for s in range(12, 30, 2):  # only unsampled steps: the flag stays open
+        e.update(unsampled(s))
+    assert e.flags[0].active
+    for s in range(31, 41, 2):  # five healthy samples clear it
+        e.update(view(s))
+    assert not e.flags[0].active
+    e2 = engine(vanish_window=1)  # grad/weight low on an unsampled step: the cause uses the last flow profile
+    e2.update(view(1, flow=[2.0, 1.5, 1e-3, 1.2, 1.0], att=[2.0, 1.5, 1e-3, 1.2, 1.0]))
+    flags = e2.update(dataclasses.replace(unsampled(2), grad_to_weight=[1e-9, 1.0, 1.0, 1.0]))
+    assert [f.module for f in flags] == ["00.Conv"] and "gradient cut at 02.Conv" in flags[0].evidence["cause"]
+
+
 def test_exploding_spike_immediately_and_nonfinite_at_once():
     e = engine()
     for s in range(1, 6):
@@ -439,7 +462,7 @@ def test_sigmoid_attenuates_the_flow_to_the_first_layers(tmp_path):
 @requires_coco8
 def test_log_every_and_module_granularity_carry_the_layer_signals(tmp_path):
     model = YOLO("yolo26n.yaml")
-    mon = GradientMonitor(wandb=False, log_every=2, health_every=2, granularity="module").attach(model)
+    mon = GradientMonitor(wandb=False, log_every=2, flow_every=1, health_every=2, granularity="module").attach(model)
     model.train(epochs=2, project=str(tmp_path), name="le2", **TRAIN)
     log = read_log(mon.out_dir)
     assert [r["step"] for r in log.steps] == [1, 3, 5, 7]

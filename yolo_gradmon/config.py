@@ -35,6 +35,7 @@ class GradmonConfig:
     granularity: str = "layer"
     update_ratio: bool = True
     flow: bool = True
+    flow_every: int = 2
     activation_health: bool = True
     health_every: int = 10
     health_eps: float = 1e-3
@@ -96,7 +97,7 @@ class GradmonConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GradmonConfig)}
-_POSITIVE_INTS = {"log_every", "health_every", "vanish_window", "explode_window", "explode_clip_window", "dead_window", "min_steps"}
+_POSITIVE_INTS = {"log_every", "flow_every", "health_every", "vanish_window", "explode_window", "explode_clip_window", "dead_window", "min_steps"}
 _NON_NEGATIVE_INTS = {"wandb_media_every"}
 _FRACTIONS = ("cause_saturated", "cause_dead")
 

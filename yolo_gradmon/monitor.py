@@ -201,10 +201,12 @@ class GradientMonitor:
         self._batch_i += 1
         try:
             self._ensure_hooked(trainer)  # a callback may have replaced trainer.optimizer_step
-            # the batches of the coming optimizer step (number self._step + 1): hooks only if it is logged
-            logged = self._step % self.cfg.log_every == 0
-            sampled = logged and (self._step // self.cfg.log_every) % self.cfg.health_every == 0
-            self._signals.arm(flow=logged, health=sampled)
+            # the batches of the coming optimizer step (number self._step + 1): hooks only if it is logged, and
+            # then on every flow_every-th / health_every-th logged step (k counts logged steps from 0)
+            cfg = self.cfg
+            logged = self._step % cfg.log_every == 0
+            k = self._step // cfg.log_every
+            self._signals.arm(flow=logged and k % cfg.flow_every == 0, health=logged and k % cfg.health_every == 0)
         except Exception as e:  # noqa: BLE001
             self._disable(e)
 

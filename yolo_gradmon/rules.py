@@ -18,7 +18,9 @@ truth; the numbers are in ``configs/default.yaml``.
     attenuation is the largest over them), which is what makes runs with few optimizer steps judgeable;
   * or its grad/weight ratio below ``vanish_grad_to_weight``, counted in logged steps.
 
-  It clears after as many healthy logged steps. update/weight is evidence only: Adam-family optimizers normalize
+  It clears after as many healthy logged steps. With the flow on, a logged step without a flow sample (it is
+  measured every ``flow_every``-th logged step) neither adds to nor clears the flow evidence, and the cause is
+  named from the last flow and activation-health samples. update/weight is evidence only: Adam-family optimizers normalize
   the update (a planted 1e-6 choke leaves it at healthy values) and with SGD it follows the lr schedule.
   No decision signal depends on the learning rate, so Ultralytics' warm-up (lr ramping from 0) cannot raise flags.
 - ``exploding``: grad norm above ``explode_factor`` x its running median (last 50 logged norms, after
@@ -133,6 +135,7 @@ class RuleEngine:
         self.steps_seen = 0
         self.backwards_seen = 0  # backward passes with a flow measurement
         self._health: tuple | None = None  # the last activation-health sample: (saturated, dead, step)
+        self._flow_att: Sequence | None = None  # the last measured flow profile (names the cause between samples)
         names = self.layers.get("layers") or []
         self._head = len(names) - 1 if names else -1
         self._sources = [list(s) for s in (self.layers.get("layer_from") or [])]
@@ -148,6 +151,8 @@ class RuleEngine:
         view = self._with_last_health(view)
         new: list[Flag] = []
         cuts = self._cuts(view)
+        # flow sampled every flow_every-th logged step: a step without it is no healthy observation of the flow
+        flow_skipped = view.flow_attenuation is not None and not _measured(view.flow_attenuation)
         for i, name in enumerate(self.modules):
             if not self.trainable[i] or not view.has_grad[i]:
                 continue
@@ -177,7 +182,7 @@ class RuleEngine:
                 self._ok[i] = 0
                 if max(self._low[i], self._low_flow[i]) >= cfg.vanish_window or ("vanishing", i) in self._open:
                     new += self._raise("vanishing", i, view.step, self._vanish_evidence(view, i, li, r, u, a, cut))
-            elif math.isfinite(a) or math.isfinite(r):
+            elif math.isfinite(a) or (math.isfinite(r) and not flow_skipped):
                 self._low[i] = self._low_flow[i] = 0
                 if ("vanishing", i) in self._open:
                     self._ok[i] += 1
@@ -211,6 +216,8 @@ class RuleEngine:
     def _with_last_health(self, view: StepView) -> StepView:
         """Activation health is sampled every ``health_every``-th logged step: a step without a sample judges the
         cause with the last one (its step is in the evidence as ``health_step``)."""
+        if _measured(view.flow_attenuation):
+            self._flow_att = view.flow_attenuation
         if _measured(view.act_saturated) or _measured(view.act_dead):
             self._health = (view.act_saturated, view.act_dead, view.step)
             return view
@@ -265,6 +272,8 @@ class RuleEngine:
         if li >= 0 and self.layers.get("layers"):
             from .health import likely_cause
 
+            if not _measured(view.flow_attenuation) and self._flow_att is not None:
+                view = dataclasses.replace(view, flow_attenuation=self._flow_att)
             ev["cause"] = likely_cause(li, view, self.layers, cfg)
             if self._health is not None:
                 ev["health_step"] = self._health[2]
