@@ -146,6 +146,28 @@ class HookClock:
                 setattr(klass, name, timed(getattr(klass, name)))
 
 
+class WatchClock:
+    """Time spent inside ``wandb.watch``'s gradient hooks (``TorchHistory.log_tensor_stats``: the histogram of each
+    parameter's gradient and its host copy), the peer's own time measured the same way as the monitor's."""
+
+    seconds = 0.0
+
+    @classmethod
+    def install(cls) -> None:
+        from wandb.integration.torch.wandb_torch import TorchHistory
+
+        original = TorchHistory.log_tensor_stats
+
+        def timed(self, *a, **k):
+            t0 = time.perf_counter()
+            try:
+                return original(self, *a, **k)
+            finally:
+                cls.seconds += time.perf_counter() - t0
+
+        TorchHistory.log_tensor_stats = timed
+
+
 def closure_swap(fn, old, new):
     for cell in fn.__closure__ or ():
         if cell.cell_contents is old:
@@ -214,6 +236,7 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     HookClock.install()
+    WatchClock.install()
     work = Path(tempfile.mkdtemp(prefix="gradmon-bench-"))
     tr = build_trainer(args.model, args.data, args.batch, args.imgsz, args.device, str(work))
     batch = fixed_batch(tr, args.batch)
@@ -235,6 +258,7 @@ def measure(args) -> dict:
                     if tr.device.type == "cuda":
                         torch.cuda.synchronize()
                     a0 = (timer.added if timer else 0.0) + HookClock.seconds
+                    w0 = WatchClock.seconds
                     t0 = time.perf_counter()
                     if timer:
                         timer.monitor.on_train_batch_start(tr)  # arms the flow/health hooks for this batch
@@ -244,9 +268,12 @@ def measure(args) -> dict:
                     times[v].append(time.perf_counter() - t0)
                     if timer:
                         added[v].append(timer.added + HookClock.seconds - a0)
+                    if v == "wandb.watch":
+                        added[v].append(WatchClock.seconds - w0)
         print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{v}={statistics.median(times[v]) * 1e3:.1f}ms" for v in variants), flush=True)
     base = statistics.median(times["plain"])
     watch_added = statistics.median(times["wandb.watch"]) - base if "wandb.watch" in times else None
+    watch_own = statistics.mean(added["wandb.watch"]) if added.get("wandb.watch") else None
     result = {
         "model": args.model, "batch": args.batch, "imgsz": args.imgsz, "device": args.device,
         "threads": args.threads, "reps": args.reps, "steps_per_rep": args.steps,
@@ -258,7 +285,10 @@ def measure(args) -> dict:
         med = statistics.median(times[v])
         row = {"median_step_s": med, "ratio_to_plain": med / base, "mean_step_s": statistics.mean(times[v]),
                "mean_ratio_to_plain": statistics.mean(times[v]) / base_mean, "timed_steps": len(times[v])}
-        if added[v]:
+        if v == "wandb.watch" and added[v]:
+            row["watch_own_s"] = watch_own  # inside its gradient hooks; a lower bound of what it adds (see ratio)
+            row["watch_own_fraction"] = watch_own / base
+        elif added[v]:
             # the mean over whole sampling cycles: the amortized cost (equal to the median without sampling)
             a = statistics.mean(added[v])
             row["monitor_added_s"] = a
@@ -267,6 +297,9 @@ def measure(args) -> dict:
             row["monitor_added_fraction"] = a / base
             if watch_added:
                 row["watch_added_over_monitor_added"] = watch_added / a if a > 0 else None
+            if watch_own:
+                # both timed directly (robust to machine noise): watch's gradient hooks vs the monitor's own time
+                row["watch_own_over_monitor_added"] = watch_own / a if a > 0 else None
         result["variants"][v] = row
     result["weight_copy_bytes"] = sum(p.numel() * p.element_size() for p in tr.model.parameters() if p.requires_grad)
     if tr.device.type == "cuda":
@@ -346,6 +379,8 @@ def main():
         print(f"\n{'variant':<14} {'median step':>12} {'ratio':>7} {'mean ratio':>10} {'monitor added (mean)':>22}")
         for v, r in res["variants"].items():
             add = f"{r['monitor_added_s'] * 1e3:.2f} ms ({r['monitor_added_fraction'] * 100:.2f}%)" if "monitor_added_s" in r else ""
+            if "watch_own_s" in r:
+                add = f"hooks {r['watch_own_s'] * 1e3:.2f} ms ({r['watch_own_fraction'] * 100:.2f}%)"
             print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} "
                   f"{r['mean_ratio_to_plain']:>10.3f} {add:>22}")
     if not args.scaling:

@@ -480,6 +480,22 @@ def test_log_every_and_module_granularity_carry_the_layer_signals(tmp_path):
     assert df.filter(pl.col("module").str.starts_with("23."))["flow_attenuation"].unique().to_list() == [1.0]
 
 
+@requires_coco8
+def test_flow_every_counts_passes_so_accumulated_steps_all_keep_flow(tmp_path):
+    """flow_every=2 samples every 2nd forward/backward pass of logged steps: with one pass per step that is every
+    2nd logged step; with 2 passes per optimizer step (nbs=2 x batch 1, no warm-up) every logged step keeps one."""
+    model = YOLO("yolo26n.yaml")
+    mon = GradientMonitor(wandb=False, flow_every=2).attach(model)
+    model.train(epochs=1, project=str(tmp_path), name="one", **TRAIN)
+    assert [r["flow_backwards"] for r in read_log(mon.out_dir).steps] == [1, 0, 1, 0]
+    model = YOLO("yolo26n.yaml")
+    mon = GradientMonitor(wandb=False, flow_every=2).attach(model)
+    model.train(epochs=1, project=str(tmp_path), name="acc", **{**TRAIN, "nbs": 2, "warmup_epochs": 0})
+    steps = read_log(mon.out_dir).steps
+    assert len(steps) == 2 and [r["flow_backwards"] for r in steps] == [1, 1]
+    assert all(v is not None for v in steps[1]["flow_norm"][:3])
+
+
 def test_a_failing_hook_never_stops_the_forward_or_backward(monkeypatch):
     import yolo_gradmon.flow as flow_mod
 

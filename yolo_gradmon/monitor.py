@@ -113,6 +113,7 @@ class GradientMonitor:
         self._step = 0
         self._calls = 0
         self._batch_i = -1
+        self._flow_passes = 0  # forward/backward passes of logged steps so far (flow_every counts these)
         self._nw = 0
         self._nb = 1
         self._warmup: dict[int, bool] = {}
@@ -201,12 +202,15 @@ class GradientMonitor:
         self._batch_i += 1
         try:
             self._ensure_hooked(trainer)  # a callback may have replaced trainer.optimizer_step
-            # the batches of the coming optimizer step (number self._step + 1): hooks only if it is logged, and
-            # then on every flow_every-th / health_every-th logged step (k counts logged steps from 0)
+            # this batch belongs to the coming optimizer step (number self._step + 1): hooks only if it is logged;
+            # the flow then on every flow_every-th pass of logged steps (with accumulation every logged step keeps
+            # some), activation health on every health_every-th logged step (k counts logged steps from 0)
             cfg = self.cfg
             logged = self._step % cfg.log_every == 0
             k = self._step // cfg.log_every
-            self._signals.arm(flow=logged and k % cfg.flow_every == 0, health=logged and k % cfg.health_every == 0)
+            flow = logged and self._flow_passes % cfg.flow_every == 0
+            self._flow_passes += logged
+            self._signals.arm(flow=flow, health=logged and k % cfg.health_every == 0)
         except Exception as e:  # noqa: BLE001
             self._disable(e)
 

@@ -19,7 +19,7 @@ truth; the numbers are in ``configs/default.yaml``.
   * or its grad/weight ratio below ``vanish_grad_to_weight``, counted in logged steps.
 
   It clears after as many healthy logged steps. With the flow on, a logged step without a flow sample (it is
-  measured every ``flow_every``-th logged step) neither adds to nor clears the flow evidence, and the cause is
+  measured on every ``flow_every``-th backward pass of logged steps) neither adds to nor clears the flow evidence, and the cause is
   named from the last flow and activation-health samples. update/weight is evidence only: Adam-family optimizers normalize
   the update (a planted 1e-6 choke leaves it at healthy values) and with SGD it follows the lr schedule.
   No decision signal depends on the learning rate, so Ultralytics' warm-up (lr ramping from 0) cannot raise flags.

@@ -1,6 +1,6 @@
 """The depth signals of a run: gradient flow (:mod:`flow`) and activation health (:mod:`health`), wired to the
 monitor: built on the trainer's model, armed for the forward/backward passes of logged optimizer steps only (flow:
-every ``flow_every``-th logged step, activation health: every ``health_every``-th), and read with the logged step's one device-to-host transfer
+every ``flow_every``-th forward/backward pass of them, activation health: every ``health_every``-th logged step), and read with the logged step's one device-to-host transfer
 (``GradientCapture.extra_sources``).
 """
 

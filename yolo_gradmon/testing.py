@@ -20,6 +20,7 @@ head only through it receive the scaled gradient — what a real cut (a saturate
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -168,7 +169,8 @@ def calibration_stats(records: list[dict], header: dict) -> dict:
         for j, cs in enumerate(cons):
             cs = [c for c in cs if c != head]
             if cs:
-                with np.errstate(invalid="ignore", divide="ignore"):
+                with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: steps without a flow sample
                     loc[:, j] = fl[:, j] / np.nanmax(fl[:, cs], axis=1)
         out["min_local_flow_ratio"], out["min_local_flow_ratio_layer"] = argmin(loc, layers)
     gw = _arr(records, "grad_to_weight")
