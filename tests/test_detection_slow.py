@@ -49,8 +49,9 @@ def assert_healthy(mon):
 def test_healthy_coco8_ultralytics_defaults(cfg, tmp_path):
     """imgsz 640, batch 16, nbs 64: after the 3-iteration warm-up an optimizer step every 4 epochs (4 passes)."""
     mon = run(cfg, tmp_path, "c8", data="coco8.yaml", epochs=100)
-    # 100 backward passes; the few after the last optimizer step belong to no logged step
-    assert mon.summary["steps_logged"] >= 20 and mon.summary["backward_passes"] >= 96
+    # 100 backward passes, the flow measured on every 2nd (flow_every=2); the few after the last optimizer step
+    # belong to no logged step
+    assert mon.summary["steps_logged"] >= 20 and mon.summary["backward_passes"] >= 48
     assert_healthy(mon)
 
 
