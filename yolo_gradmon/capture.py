@@ -102,9 +102,6 @@ class GradientCapture:
         self.update_ratio = update_ratio
         self.clip_norm = clip_norm
         self.device = device_of(layout)
-        self._group_of = torch.tensor(layout.group_of, dtype=torch.long, device=self.device)
-        self._present_key: tuple[bool, ...] | None = None
-        self._present_gid: torch.Tensor | None = None
         self._split_key: tuple[bool, ...] | None = None
         self._grad_split: _Split | None = None  # gradients present at the last logged step, split by size
         self._weight_split = _Split.of(range(len(layout.params)), layout.params, layout.group_of, self.device)
@@ -163,13 +160,6 @@ class GradientCapture:
         return [stats]
 
     # ------------------------------------------------------------------ internals
-    def _gid(self, present: tuple[bool, ...]) -> torch.Tensor:
-        if present != self._present_key:
-            idx = [i for i, ok in enumerate(present) if ok]
-            self._present_gid = self._group_of[torch.tensor(idx, dtype=torch.long, device=self.device)]
-            self._present_key = present
-        return self._present_gid
-
     def _capture(self, step, epoch, lr, scaler) -> list[StepStats]:
         L = self.layout
         G = L.n_groups
@@ -233,7 +223,7 @@ class GradientCapture:
         weight_norm = np.sqrt(weight_sq_h)
         nonfinite = np.zeros(G, dtype=np.int64)
         if not np.all(np.isfinite(grad_norm[has_grad])):
-            nonfinite = self._count_nonfinite([g for g in all_grads if g is not None], self._gid(present), G)
+            nonfinite = self._count_nonfinite(gs.pick(all_grads), gs.gid, G)
         with np.errstate(divide="ignore", invalid="ignore"):
             g2w = np.where(weight_norm > 0, grad_norm / weight_norm, np.nan)
         total = float(np.sqrt(grad_sq_h[has_grad].sum())) if has_grad.any() else 0.0
@@ -335,29 +325,45 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
 @dataclasses.dataclass
 class _Split:
     """Indices (into ``layout.params``) of the tensors read one by one (``big``) and through one concatenated
-    float64 buffer (``small``), with their module ids: per tensor for ``big``, per element for ``small``."""
+    float64 buffer (``small``: 1-D tensors first, which need no reshape), with their module ids: per tensor for
+    ``indices`` (all of them, in order) and ``big``, per element for ``small``."""
 
+    indices: list[int]
     big: list[int]
     small: list[int]
+    n_small_1d: int  # small[:n_small_1d] are 1-D (BatchNorm weights and biases)
+    gid: torch.Tensor
     big_gid: torch.Tensor
     small_gid: torch.Tensor
 
     @classmethod
     def of(cls, indices, params, group_of, device) -> "_Split":
+        indices = list(indices)
         big = [i for i in indices if params[i].numel() > SMALL_NUMEL]
         small = [i for i in indices if params[i].numel() <= SMALL_NUMEL]
-        big_gid = torch.tensor([group_of[i] for i in big], dtype=torch.long, device=device)
-        small_gid = torch.tensor(np.repeat([group_of[i] for i in small], [params[i].numel() for i in small]),
-                                 dtype=torch.long, device=device)
-        return cls(big, small, big_gid, small_gid)
+        small.sort(key=lambda i: params[i].dim() != 1)  # stable: 1-D first
+        n_1d = sum(params[i].dim() == 1 for i in small)
+
+        def ids(idx, repeat=False):
+            g = [group_of[i] for i in idx]
+            g = np.repeat(g, [params[i].numel() for i in idx]) if repeat else np.asarray(g, dtype=np.int64)
+            return torch.tensor(g, dtype=torch.long, device=device)
+
+        return cls(indices, big, small, n_1d, ids(indices), ids(big), ids(small, repeat=True))
+
+    def pick(self, tensors: Sequence) -> list[torch.Tensor]:
+        return [tensors[i] for i in self.indices]
 
     def pick_big(self, tensors: Sequence) -> list[torch.Tensor]:
         return [tensors[i] for i in self.big]
 
     def cat_small(self, tensors: Sequence) -> torch.Tensor:
         """One float64 vector of the small tensors' values (a transient copy of ~1% of the parameters; call under
-        ``torch.no_grad()``)."""
-        return torch.cat([tensors[i].reshape(-1) for i in self.small]).to(self.small_gid.device, _acc_dtype(self.small_gid))
+        ``torch.no_grad()``). Gradients have their parameter's shape, so the 1-D ones are joined as they are."""
+        k = self.n_small_1d
+        parts = [tensors[i] for i in self.small[:k]]
+        parts += [tensors[i].reshape(-1) for i in self.small[k:]]
+        return torch.cat(parts).to(self.small_gid.device, _acc_dtype(self.small_gid))
 
     def per_group(self, values: torch.Tensor, n_groups: int) -> torch.Tensor:
         """Sum of per-element ``values`` per module, float32."""
