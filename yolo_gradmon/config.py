@@ -16,7 +16,11 @@ from typing import Any, Mapping
 import yaml
 
 CLI_PREFIX = "gradmon_"
+PREFIX = "gradmon: "  # every console message of the monitor starts with this
 GRANULARITIES = ("layer", "module", "param")
+LAYER_FAMILIES = ("grad_norm", "grad_to_weight", "update_to_weight", "max_abs_grad", "flow_norm", "flow_attenuation",
+                  "act_saturated", "act_dead")
+"""The per-module / per-layer families of the log that ``wandb_layer_scalars`` can stream as one W&B key each."""
 
 
 class GradmonConfigError(ValueError):
@@ -34,6 +38,7 @@ class GradmonConfig:
     log_every: int = 1
     granularity: str = "layer"
     update_ratio: bool = True
+    update_every: int = 10
     flow: bool = True
     flow_every: int = 2
     activation_health: bool = True
@@ -43,6 +48,7 @@ class GradmonConfig:
     wandb: bool = True
     wandb_media_every: int = 0
     wandb_alerts: bool = True
+    wandb_layer_scalars: str = "none"
     console: bool = True
     # detection rules (counted in logged steps)
     clip_norm: float = 10.0
@@ -65,10 +71,27 @@ class GradmonConfig:
         for name in _FRACTIONS:
             if getattr(self, name) > 1:
                 raise GradmonConfigError(f"gradmon option '{name}' is a fraction in (0, 1], got {getattr(self, name)}")
+        self.layer_scalar_families()  # validates wandb_layer_scalars
         if self.granularity not in GRANULARITIES:
             raise GradmonConfigError(
                 f"gradmon option 'granularity={self.granularity!r}' is invalid; valid values: {', '.join(GRANULARITIES)}"
             )
+
+    def layer_scalar_families(self) -> tuple[str, ...]:
+        """The families named by ``wandb_layer_scalars`` (``none``, ``all`` or a comma-separated list)."""
+        text = self.wandb_layer_scalars.strip().lower()
+        if text in ("", "none"):
+            return ()
+        if text == "all":
+            return LAYER_FAMILIES
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        bad = [n for n in names if n not in LAYER_FAMILIES]
+        if bad:
+            raise GradmonConfigError(
+                f"gradmon option 'wandb_layer_scalars' names unknown famil{'ies' if len(bad) > 1 else 'y'} "
+                f"{', '.join(bad)}; valid: none, all, or a comma-separated list of {', '.join(LAYER_FAMILIES)}"
+            )
+        return names
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -97,7 +120,7 @@ class GradmonConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(GradmonConfig)}
-_POSITIVE_INTS = {"log_every", "flow_every", "health_every", "vanish_window", "explode_window", "explode_clip_window", "dead_window", "min_steps"}
+_POSITIVE_INTS = {"log_every", "update_every", "flow_every", "health_every", "vanish_window", "explode_window", "explode_clip_window", "dead_window", "min_steps"}
 _NON_NEGATIVE_INTS = {"wandb_media_every"}
 _FRACTIONS = ("cause_saturated", "cause_dead")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ultralytics.utils import LOGGER
 
 from .rules import Flag
-from .sinks.base import PREFIX
+from .config import PREFIX
 
 
 def _g(v) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from ultralytics.utils import DATASETS_DIR, LOGGER
 
-from .sinks.base import PREFIX
+from .config import PREFIX
 
 SYNTH_NAMES = {0: "square", 1: "disc"}
 

@@ -283,7 +283,7 @@ class FlowHooks:
 def _warn_failed(what: str, e: Exception) -> None:
     from ultralytics.utils import LOGGER
 
-    from .sinks.base import PREFIX
+    from .config import PREFIX
 
     LOGGER.error(f"{PREFIX}{what} hooks disabled after {type(e).__name__}: {e}. Training and the other "
                  "gradient statistics continue.")

@@ -27,7 +27,8 @@ from .logfile import LOG_NAME, read_log, step_record
 from .outputs import build_summary, write_outputs
 from .rules import RuleEngine, StepView
 from .signals import DepthSignals
-from .sinks.base import PREFIX, GuardedSink, RunContext
+from .config import PREFIX
+from .sinks.base import GuardedSink, RunContext
 from .sinks.local import LocalSink, header_record
 
 OUT_DIRNAME = "gradmon"

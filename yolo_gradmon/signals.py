@@ -11,7 +11,7 @@ from ultralytics.utils import LOGGER
 from .config import GradmonConfig
 from .flow import FlowHooks, compiled, layer_names, layer_sources, top_layers
 from .health import ELEMENTWISE, ActivationHealth
-from .sinks.base import PREFIX
+from .config import PREFIX
 
 
 class DepthSignals:

@@ -12,7 +12,7 @@ from ..capture import StepStats
 from ..config import GradmonConfig
 from ..rules import Flag
 
-PREFIX = "gradmon: "
+from ..config import PREFIX  # noqa: F401 - re-exported for sinks
 
 
 @dataclasses.dataclass

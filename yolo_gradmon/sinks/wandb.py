@@ -70,7 +70,8 @@ from ..capture import StepStats
 from ..config import GradmonConfig
 from ..logfile import LAYER_COLUMNS, dumps, module_frame
 from ..rules import Flag
-from .base import PREFIX, RunContext, Sink
+from ..config import PREFIX
+from .base import RunContext, Sink
 
 STEP_KEY = "gradients/step"
 _DEPTH_SECTION = {"flow_norm": "flow"}  # W&B section of a per-layer log field (the others keep the field's name)
