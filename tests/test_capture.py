@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from yolo_gradmon.capture import GradientCapture
-from yolo_gradmon.layout import build_layout
+from yolo_gradmon.measure.params import GradientCapture
+from yolo_gradmon.structure.layout import build_layout
 
 
 class Tiny(nn.Module):
@@ -149,7 +149,7 @@ def test_nonfinite_counted_exactly_and_amp_overflow_skip():
 
 def test_one_sync_per_logged_step(monkeypatch):
     """Exactly one device-to-host transfer per logged step, none on unlogged steps."""
-    import yolo_gradmon.capture as capmod
+    import yolo_gradmon.measure.params as capmod
 
     calls = []
     real = capmod._sync

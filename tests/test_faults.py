@@ -43,13 +43,13 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 import yolo_gradmon.monitor as monitor_mod
 from yolo_gradmon import GradientMonitor, GradmonConfigError, read_log, rebuild
-from yolo_gradmon.capture import GradientCapture
+from yolo_gradmon.measure.params import GradientCapture
 from yolo_gradmon.cli import main as cli_main
-from yolo_gradmon.layout import build_layout
-from yolo_gradmon.logfile import SCHEMA_VERSION, LogSchemaError, LogWriter
-from yolo_gradmon.outputs import build_summary
-from yolo_gradmon.rules import RuleEngine, StepView
-from yolo_gradmon.sinks.base import Sink
+from yolo_gradmon.structure.layout import build_layout
+from yolo_gradmon.record.logfile import SCHEMA_VERSION, LogSchemaError, LogWriter
+from yolo_gradmon.record.tables import build_summary
+from yolo_gradmon.judge.rules import RuleEngine, StepView
+from yolo_gradmon.show.sink import Sink
 
 TRAIN = dict(
     data="coco8.yaml", imgsz=160, batch=2, nbs=2, workers=0, device="cpu", plots=False, val=False, exist_ok=True,
@@ -72,10 +72,10 @@ class RecordingSink(Sink):
     def start(self, ctx):
         self.started = True
 
-    def log_step(self, stats, record, n_flagged):
-        self.steps.append(stats.step)
+    def log_step(self, record, n_flagged):
+        self.steps.append(record["step"])
 
-    def finish(self, summary):
+    def finish(self, summary, history):
         self.finished = summary
 
 
@@ -251,7 +251,7 @@ def _nan_run(project: Path, mode: str, monitored: bool):
     losses = []
     model.add_callback("on_train_batch_end", lambda tr: losses.append(float(tr.loss.detach())))
     with reference(model) as ref, logged_records() as records:
-        mon = GradientMonitor(wandb=False).attach(model) if monitored else None
+        mon = GradientMonitor(wandb=False, update_every=1).attach(model) if monitored else None
         model.train(epochs=epochs, project=str(project), name=f"{mode}-{'mon' if monitored else 'plain'}", **TRAIN)
     tr = model.trainer
     return SimpleNamespace(mon=mon, ref=ref, losses=losses, model=state_of(unwrap_model(tr.model)),
@@ -394,7 +394,7 @@ def test_sigkill_loses_at_most_the_last_step_and_report_rebuilds(killed):
 
 @requires_coco8
 def test_report_cli_after_sigkill(killed):
-    pytest.importorskip("yolo_gradmon.report", reason="yolo_gradmon/report.py not written yet")
+    pytest.importorskip("yolo_gradmon.show.report")
     assert cli_main(["report", str(killed.copy)]) == 0
     assert (killed.copy / "gradmon" / "gradients.parquet").is_file()
 
@@ -516,7 +516,7 @@ def reloaded(tmp_path_factory):
 
     model.add_callback("on_train_start", on_train_start)
     with reference(model) as ref:
-        mon = GradientMonitor(wandb=False).attach(model)
+        mon = GradientMonitor(wandb=False, update_every=1).attach(model)
         model.add_callback("on_train_batch_end", mess_with)
         with logged_records() as records:
             model.train(epochs=3, project=str(tmp_path_factory.mktemp("reload")), name="run", **TRAIN_B1)
@@ -668,7 +668,7 @@ def test_all_frozen_yolo_layout_capture_rules():
     assert "11.Upsample" not in layout.names and "12.Concat" not in layout.names  # no parameters: nothing to watch
     cap = GradientCapture(layout)
     engine = RuleEngine(layout.names, layout.trainable, GradientMonitor(wandb=False).cfg)
-    from yolo_gradmon.logfile import step_record
+    from yolo_gradmon.record.logfile import step_record
 
     records = []
     for step in range(1, 9):
@@ -800,7 +800,7 @@ def test_only_rank_zero_writes_and_streams(tmp_path, monkeypatch):
 @requires_coco8
 def test_wandb_mode_disabled_trains_and_logs_locally(tmp_path, monkeypatch):
     """WANDB_MODE=disabled (the other W&B faults are in tests/test_wandb.py)."""
-    pytest.importorskip("yolo_gradmon.sinks.wandb", reason="yolo_gradmon/sinks/wandb.py not written yet")
+    pytest.importorskip("yolo_gradmon.show.wandb", reason="yolo_gradmon/sinks/wandb.py not written yet")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     model = YOLO("yolo26n.yaml")
     mon = GradientMonitor(wandb=True).attach(model)
@@ -936,7 +936,7 @@ def test_half_precision_weights_norms_in_float32(dtype):
     np.testing.assert_allclose(stats.update_to_weight, ref_u, rtol=1e-4)
     assert stats.max_abs_grad.tolist() == [1000.0] * 4
     engine = RuleEngine(layout.names, layout.trainable, GradientMonitor(wandb=False).cfg)
-    from yolo_gradmon.logfile import step_record
+    from yolo_gradmon.record.logfile import step_record
 
     assert engine.update(StepView.from_record(step_record(stats, False))) == []
 
@@ -975,7 +975,7 @@ def test_compile_true_stats_match_reference(tmp_path):
     original module, whose parameters the compiled graph trains: same numbers as the reference."""
     model = YOLO("yolo26n.yaml")
     with reference(model) as ref:
-        mon = GradientMonitor(wandb=False).attach(model)
+        mon = GradientMonitor(wandb=False, update_every=1).attach(model)
         model.train(epochs=1, compile=True, project=str(tmp_path), name="compiled", **TRAIN)
     log = read_log(mon.out_dir)
     assert len(ref.steps) == 2 and log.ended

@@ -15,20 +15,21 @@ import pytest
 from matplotlib import image as mpimg
 
 from conftest import have_dataset
-from yolo_gradmon.logfile import LOG_NAME, LogWriter, module_frame, read_log
-from yolo_gradmon.report import (
+from yolo_gradmon.record.logfile import LOG_NAME, LogWriter, read_log
+from yolo_gradmon.record.tables import module_frame
+from yolo_gradmon.show.figures import (
     _MISSING,
     _NONFINITE,
     _VALUE,
     _ZERO,
     _grid,
     curves_png,
-    flow_profile_png,
+    depth_profile_png,
     heatmap_png,
     pool_layers,
     render_pngs,
-    render_report,
 )
+from yolo_gradmon.show.report import render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}
@@ -195,11 +196,11 @@ def test_render_pngs_from_records(trained, tmp_path):
 
 def test_flow_profile_overlays_runs(trained, tmp_path):
     log = read_log(trained.out_dir)
-    frame = log.frame()
+    frame = module_frame(log.steps, log.modules)
     scaled = frame.with_columns(pl.col("grad_norm") * 10.0)
-    path = flow_profile_png({"baseline": frame, "x10": scaled}, log.modules, tmp_path / "profile.png")
+    path = depth_profile_png({"baseline": frame, "x10": scaled}, log.modules, tmp_path / "profile.png")
     assert_png(path)
-    assert_png(flow_profile_png(frame, None, tmp_path / "single.png"))
+    assert_png(depth_profile_png(frame, None, tmp_path / "single.png"))
 
 
 # ------------------------------------------------------------------------------------------ synthetic
@@ -244,7 +245,7 @@ def test_heatmap_nan_null_zero_missing(tmp_path):
     clean_img = assert_png(heatmap_png(clean, modules[:2], tmp_path / "clean.png"))
     assert not has_colour(clean_img, red) and not has_colour(clean_img, grey)
     assert_png(curves_png(frame, modules, tmp_path / "c.png"))
-    assert_png(flow_profile_png({"a": frame, "b": frame}, modules, tmp_path / "p.png"))
+    assert_png(depth_profile_png({"a": frame, "b": frame}, modules, tmp_path / "p.png"))
     # a column with no values at all (update_ratio off) still renders
     nulls = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("update_to_weight"))
     assert_png(heatmap_png(nulls, modules, tmp_path / "u.png", column="update_to_weight"))

@@ -67,7 +67,7 @@ def reference_hook(model):
 def trained(request, tmp_path_factory):
     model = YOLO(request.param)
     ref = reference_hook(model)  # registered first: runs inside the monitor's wrapper
-    mon = GradientMonitor(wandb=False).attach(model)
+    mon = GradientMonitor(wandb=False, update_every=1).attach(model)
     project = tmp_path_factory.mktemp("train")
     model.train(epochs=3, project=str(project), name="run", **TRAIN)
     return request.param, mon, ref

@@ -28,9 +28,10 @@ import pytest
 from conftest import CONFIG_DIR, requires_coco8
 
 from yolo_gradmon import GradientMonitor, GradmonConfig, read_log
-from yolo_gradmon.rules import KINDS, Flag
-from yolo_gradmon.sinks.base import PREFIX, GuardedSink, RunContext
-from yolo_gradmon.sinks.wandb import FLAG_COLUMNS, MAX_ALERTS, STEP_KEY, WandbSink, make_wandb_sink
+from yolo_gradmon.judge.rules import KINDS, Flag
+from yolo_gradmon.config import PREFIX
+from yolo_gradmon.show.sink import GuardedSink, History, RunInfo
+from yolo_gradmon.show.wandb import FLAG_COLUMNS, MAX_ALERTS, STEP_KEY, WandbSink, make_wandb_sink
 
 TRAIN = dict(data="coco8.yaml", epochs=2, imgsz=160, batch=2, nbs=2, workers=0, device="cpu", plots=False, exist_ok=True)
 UL_KEYS = ("train/box_loss", "train/cls_loss", "lr/pg0", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "val/box_loss")
@@ -468,13 +469,13 @@ def fake_wandb(run=None):
                                  Table=lambda **k: ("table", k))
 
 
-def fake_ctx(tmp_path, modules=("00.Conv", "01.Conv", "02.C3k2"), callbacks=None, **opts) -> RunContext:
+def fake_ctx(tmp_path, modules=("00.Conv", "01.Conv", "02.C3k2"), callbacks=None, **opts) -> RunInfo:
     cfg = GradmonConfig.from_dict(opts)
-    trainer = types.SimpleNamespace(args=types.SimpleNamespace(project=None, name="t"), epochs=10,
-                                    callbacks=callbacks if callbacks is not None else {})
     n = len(modules)
-    return RunContext(save_dir=tmp_path, out_dir=tmp_path / "gradmon", model_name="m.yaml", modules=list(modules),
-                      trainable=[True] * n, numel=[1] * n, layer_index=list(range(n)), cfg=cfg, trainer=trainer)
+    header = {"type": "header", "model": "m.yaml", "granularity": "layer", "modules": list(modules),
+              "trainable": [True] * n, "numel": [1] * n, "layer_index": list(range(n)), "config": cfg.to_dict()}
+    return RunInfo(header=header, cfg=cfg, save_dir=tmp_path, out_dir=tmp_path / "gradmon", epochs=10,
+                   trainer_args={"project": None, "name": "t"}, callbacks=callbacks if callbacks is not None else {})
 
 
 def record(step, grad_norm, has_grad=None):
@@ -492,7 +493,7 @@ def test_started_run_gets_step_metric_and_flat_rows_nan_for_nonfinite(tmp_path):
     run = sink.run
     assert sink.owns_run
     assert run.metrics == [(STEP_KEY, {}), ("gradients/*", {"step_metric": STEP_KEY}), ("gradmon/*", {"step_metric": STEP_KEY})]
-    sink.log_step(None, record(1, [float("nan"), 2.0, float("inf")], has_grad=[True, False, True]), 2)
+    sink.log_step(record(1, [float("nan"), 2.0, float("inf")], has_grad=[True, False, True]), 2)
     (row,) = run.logged
     assert row[STEP_KEY] == 1 and row["gradients/flagged_modules"] == 2 and row["gradients/lr"] == 0.01
     assert math.isnan(row["gradients/norm/00.Conv"]) and math.isnan(row["gradients/norm/02.C3k2"])  # NaN/Inf → NaN
@@ -547,13 +548,13 @@ def test_rows_queued_while_ultralytics_row_is_open(tmp_path):
     opened = callbacks["on_train_epoch_end"][2]
     closed = callbacks["on_fit_epoch_end"][1]
     assert callbacks["on_train_epoch_end"][3] is other and callbacks["on_fit_epoch_end"][2] is other
-    sink.log_step(None, record(1, [1.0, 1.0, 1.0]), 0)
+    sink.log_step(record(1, [1.0, 1.0, 1.0]), 0)
     opened(None)  # Ultralytics logged its losses with commit=False
-    sink.log_step(None, record(2, [1.0, 1.0, 1.0]), 0)
-    sink.epoch_end(1, 2)
+    sink.log_step(record(2, [1.0, 1.0, 1.0]), 0)
+    sink.epoch_end(1, 2, History([], []))
     assert [r[STEP_KEY] for r in sink.run.logged] == [1]  # held back: would commit their half row
     closed(None)  # Ultralytics committed its epoch row
-    sink.log_step(None, record(3, [1.0, 1.0, 1.0]), 0)
+    sink.log_step(record(3, [1.0, 1.0, 1.0]), 0)
     assert [r[STEP_KEY] for r in sink.run.logged] == [1, 2, 3]
     assert callbacks["teardown"]  # a run it started is closed if training raises
 
@@ -564,8 +565,8 @@ def test_guard_disables_sink_once_and_finishes_own_run(tmp_path):
     guarded.call("start", fake_ctx(tmp_path))
     sink.run.log = lambda row: (_ for _ in ()).throw(OSError("disk full"))
     with logged_records() as records:
-        guarded.call("log_step", None, record(1, [1.0, 1.0, 1.0]), 0)
-        guarded.call("log_step", None, record(2, [1.0, 1.0, 1.0]), 0)
+        guarded.call("log_step", record(1, [1.0, 1.0, 1.0]), 0)
+        guarded.call("log_step", record(2, [1.0, 1.0, 1.0]), 0)
     assert not guarded.enabled and sink.run.finished == 1
     assert len([r for r in records if r.levelno == logging.WARNING]) == 1
 

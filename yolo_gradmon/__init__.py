@@ -8,9 +8,8 @@
 """
 
 from .config import GradmonConfig, GradmonConfigError
-from .logfile import read_log
 from .monitor import GradientMonitor, HookError
-from .outputs import load_summary, rebuild
+from .record import load_summary, read_log, rebuild
 
 __version__ = "0.1.0"
 __all__ = [

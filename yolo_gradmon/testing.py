@@ -20,13 +20,18 @@ head only through it receive the scaled gradient — what a real cut (a saturate
 from __future__ import annotations
 
 import math
-import warnings
 
+import numpy as np
 import torch
 from torch import nn
 from ultralytics.utils.torch_utils import unwrap_model
 
-from .flow import layer_names, layer_sources, output_tensors, top_layers, upstream_only
+from .config import GradmonConfig
+from .judge.rules import running_median
+from .measure.flow import output_tensors
+from .structure.graph import consumers, cut_ratio
+from .structure.graph import upstream_only
+from .structure.layout import layer_names, layer_sources, top_layers
 
 
 class GradientPlant:
@@ -122,9 +127,7 @@ def precision_recall(flagged: set[str] | list[str], expected: set[str] | list[st
 
 
 # ---------------------------------------------------------------------------------------------- calibration numbers
-def _arr(records: list[dict], key: str) -> "np.ndarray":
-    import numpy as np
-
+def _arr(records: list[dict], key: str) -> np.ndarray:
     rows = [[np.nan if v is None else float(v) for v in list(r[key])] for r in records if r.get(key) is not None]
     return np.array(rows, dtype=float) if rows else np.zeros((0, 0))
 
@@ -136,12 +139,10 @@ def calibration_stats(records: list[dict], header: dict) -> dict:
     - ``min_flow_attenuation``: smallest ‖dL/d out‖/‖dL/d out_head‖ of any non-head layer (and the layer);
     - ``min_local_flow_ratio``: smallest ratio of a layer's output gradient to the largest at its consumers' outputs
       (head excluded), i.e. how close a healthy run comes to a "cut";
-    - ``min_grad_to_weight``, ``max_grad_norm_over_clip``, ``max_spike_factor`` (a module's norm over the median of
-      its previous up to 50 logged norms, after 3 steps), ``max_act_dead``, ``max_act_saturated``,
+    - ``min_grad_to_weight``, ``max_grad_norm_over_clip``, ``max_spike_factor`` (a module's norm over the exploding
+      rule's running median of its previous logged norms), ``max_act_dead``, ``max_act_saturated``,
       ``min_update_to_weight`` (outside warm-up).
     """
-    import numpy as np
-
     layers = list(header.get("layers") or [])
     modules = list(header.get("modules") or [])
     sources = header.get("layer_from") or []
@@ -160,33 +161,23 @@ def calibration_stats(records: list[dict], header: dict) -> dict:
         out["min_flow_attenuation"], out["min_flow_attenuation_layer"] = argmin(att[:, :-1], layers)
         out["max_flow_attenuation"] = float(np.nanmax(att[:, :-1]))
         fl = _arr(records, "flow_norm")
-        cons = [[] for _ in sources]
-        for j, src in enumerate(sources):
-            for q in src:
-                cons[q].append(j)
-        head = len(layers) - 1
-        loc = np.full(fl.shape, np.nan)
-        for j, cs in enumerate(cons):
-            cs = [c for c in cs if c != head]
-            if cs:
-                with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: steps without a flow sample
-                    loc[:, j] = fl[:, j] / np.nanmax(fl[:, cs], axis=1)
+        cons, head = consumers(sources), len(layers) - 1
+        loc = np.array([[_nan(cut_ratio(row, cons, j, head)) for j in range(len(row))] for row in fl.tolist()])
         out["min_local_flow_ratio"], out["min_local_flow_ratio_layer"] = argmin(loc, layers)
     gw = _arr(records, "grad_to_weight")
     out["min_grad_to_weight"], out["min_grad_to_weight_module"] = argmin(gw, modules)
     g = _arr(records, "grad_norm")
     out["max_grad_norm_over_clip"] = float(np.nanmax(g)) / clip if g.size else None
     spike, where = 0.0, None
+    min_steps = int((header.get("config") or {}).get("min_steps", GradmonConfig.min_steps))
     for j in range(g.shape[1] if g.size else 0):
         hist = []
         for t, v in enumerate(g[:, j]):
             if not np.isfinite(v):
                 continue
-            if len(hist) >= 3:
-                med = float(np.median(hist[-50:]))
-                if med > 0 and v / med > spike:
-                    spike, where = v / med, (modules[j] if j < len(modules) else j, int(records[t]["step"]))
+            med = running_median(hist, min_steps)  # the exploding rule's own running median
+            if med is not None and med > 0 and v / med > spike:
+                spike, where = v / med, (modules[j] if j < len(modules) else j, int(records[t]["step"]))
             hist.append(v)
     out["max_spike_factor"], out["max_spike_at"] = spike, where
     warm = np.array([bool(r.get("warmup")) for r in records])
@@ -198,10 +189,12 @@ def calibration_stats(records: list[dict], header: dict) -> dict:
     return out
 
 
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else v
+
+
 def flow_profile(records: list[dict]) -> list[float | None]:
     """Median over logged steps of each layer's flow attenuation (‖dL/d out‖ relative to the head)."""
-    import numpy as np
-
     att = _arr(records, "flow_attenuation")
     if not att.size:
         return []

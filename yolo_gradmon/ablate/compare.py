@@ -12,8 +12,9 @@ from pathlib import Path
 
 import polars as pl
 
-from ..logfile import read_log
-from ..report import flow_profile_png, heatmap_png
+from ..record.logfile import read_log
+from ..record.tables import module_frame
+from ..show.figures import depth_profile_png, heatmap_png
 
 _SKIP_COLS = ("traceback",)
 
@@ -43,7 +44,7 @@ def _variant_frames(out_dir: Path, rows: list[dict]) -> dict[str, pl.DataFrame]:
             log = read_log(out_dir / r["variant"] / "gradmon")
         except (FileNotFoundError, ValueError):
             continue
-        frames[r["variant"]] = log.frame()
+        frames[r["variant"]] = module_frame(log.steps, log.modules)
     return frames
 
 
@@ -57,8 +58,8 @@ def write_pages(out_dir: Path, df: pl.DataFrame, rows: list[dict], grid) -> tupl
     frames = _variant_frames(out_dir, rows)
     profile = heatmaps = None
     if frames:
-        profile = flow_profile_png(frames, None, out_dir / "flow_profile.png", column="grad_norm",
-                                   title="median gradient norm by depth, per variant")
+        profile = depth_profile_png(frames, None, out_dir / "grad_norm_by_depth.png", column="grad_norm",
+                                    title="median parameter-gradient norm by depth, per variant")
         heatmaps = {}
         for name, frame in frames.items():
             modules = list(dict.fromkeys(sorted(frame["module"].unique().to_list())))
@@ -67,7 +68,7 @@ def write_pages(out_dir: Path, df: pl.DataFrame, rows: list[dict], grid) -> tupl
     md = [f"# Ablation `{grid.name}`", "", f"{len(rows)} variant(s); varied: {', '.join(grid.axes)}", "",
           markdown_table(df), ""]
     if profile:
-        md += ["## Gradient flow by depth", "", f"![flow profile]({profile.name})", ""]
+        md += ["## Parameter-gradient norm by depth", "", f"![parameter-gradient norm by depth]({profile.name})", ""]
         md += ["## Heatmaps", ""] + [f"![{n}]({p.name})" for n, p in heatmaps.items()]
     md_path = out_dir / "ablation.md"
     md_path.write_text("\n".join(md) + "\n")
@@ -89,7 +90,7 @@ def write_pages(out_dir: Path, df: pl.DataFrame, rows: list[dict], grid) -> tupl
         f"<div style='overflow-x:auto'><table><tr>{head}</tr>{body}</table></div>",
     ]
     if profile:
-        parts += ["<h2>Gradient flow by depth</h2>", f"<img src='{_b64(profile)}' alt='flow profile'>",
+        parts += ["<h2>Parameter-gradient norm by depth</h2>", f"<img src='{_b64(profile)}' alt='parameter-gradient norm by depth'>",
                   "<h2>Heatmaps</h2><div class='row'>"]
         parts += [f"<figure><img src='{_b64(p)}' alt='{html.escape(n)}'><figcaption>{html.escape(n)}</figcaption></figure>"
                   for n, p in heatmaps.items()]

@@ -27,7 +27,7 @@ from ultralytics.utils import LOGGER
 
 from ..config import CLI_PREFIX, GradmonConfig
 from ..monitor import GradientMonitor
-from ..outputs import load_summary
+from ..record.tables import load_summary
 from ..config import PREFIX
 from .grid import Grid, GridError, Variant, load_grid, sweep_config, variant_from_sweep_config
 from .swaps import apply_variant

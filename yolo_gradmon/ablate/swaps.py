@@ -11,9 +11,8 @@ slots are counted, not unique modules. Functional calls (``F.silu`` in ``SwiGLUF
 output sigmoid of ``Detect``) are not modules and are never touched.
 
 What counts as an activation
-    A module whose type is in :data:`ACTIVATION_TYPES` (the registry's classes plus ``ReLU6``,
-    ``Hardsigmoid``, ``SELU``, ``CELU``, ``PReLU``, ``RReLU``, ``Hardtanh``, ``Softplus``, ``Softsign``
-    and Ultralytics' learnable ``AGLU``), or a module this module inserted (it carries a
+    A module whose type is in :data:`ACTIVATION_TYPES` (the package's activation registry,
+    :data:`yolo_gradmon.structure.activations.SWAPPABLE`, plus Ultralytics' learnable ``AGLU``), or a module this module inserted (it carries a
     ``_gradmon_act`` marker). ``nn.Identity`` is **not** an activation unless we put it there: the
     ``Identity`` a ``Conv(act=False)`` or ``Detect.dfl`` holds is a placeholder and is never replaced,
     so swapping to ``relu`` cannot turn a linear projection into a ReLU. Swapping *to* ``identity``
@@ -56,6 +55,8 @@ from typing import Any, Callable, Iterable, Iterator, Union
 
 import torch
 from torch import nn
+
+from ..structure import activations
 
 __all__ = [
     "ACTIVATIONS",
@@ -138,10 +139,7 @@ def _aglu_type() -> tuple[type, ...]:
 
 
 #: module types treated as activations (nn.Identity deliberately absent: see the module docstring)
-ACTIVATION_TYPES: tuple[type, ...] = (
-    nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.ELU,
-    nn.SELU, nn.CELU, nn.PReLU, nn.RReLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Softsign,
-) + _aglu_type()
+ACTIVATION_TYPES: tuple[type, ...] = tuple(getattr(nn, name) for name in activations.SWAPPABLE) + _aglu_type()
 
 #: parents (by class name) whose activations are not part of the feature path and are left alone by default
 DEFAULT_EXCLUDE: tuple[str, ...] = ("ChannelAttention", "SpatialAttention", "RealNVP")

@@ -1,6 +1,6 @@
-"""Vanishing / exploding / dead / non-finite gradient detection: pure functions of the logged history.
+"""Vanishing / exploding / dead / non-finite gradient detection over the logged history (plain Python and numpy).
 
-:class:`RuleEngine` consumes one logged step at a time (so a training run pays O(modules) per step) and
+:class:`RuleEngine` is an incremental detector: it consumes one logged step at a time (so a training run pays O(modules) per step) and
 :func:`evaluate` replays a whole history through it, so the flags in ``summary.json``, the console and
 W&B are the same whether computed live or rebuilt from the log.
 
@@ -29,7 +29,7 @@ truth; the numbers are in ``configs/default.yaml``.
   first step, when there is no median yet).
 
 Each flag carries its evidence (values, thresholds, window, and for vanishing the likely cause named from the
-activation health and the flow profile, :func:`yolo_gradmon.health.likely_cause`).
+activation health and the flow profile, :func:`yolo_gradmon.judge.cause.likely_cause`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,19 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .config import GradmonConfig
+from ..config import GradmonConfig
+from ..structure.graph import consumers, cut_ratio, upstream_only
+from .cause import likely_cause
 
 KINDS = ("nonfinite", "exploding", "vanishing", "dead")
+SPIKE_HISTORY = 50  # the exploding spike rule compares a norm with the median of this many previous logged norms
+
+
+def running_median(history: Sequence[float], min_steps: int) -> float | None:
+    """The median of the last :data:`SPIKE_HISTORY` values of ``history``, once it holds ``min_steps`` of them."""
+    if len(history) < min_steps:
+        return None
+    return float(np.median(history[-SPIKE_HISTORY:]))
 
 
 @dataclasses.dataclass
@@ -139,8 +149,6 @@ class RuleEngine:
         names = self.layers.get("layers") or []
         self._head = len(names) - 1 if names else -1
         self._sources = [list(s) for s in (self.layers.get("layer_from") or [])]
-        from .flow import consumers  # lazily, like upstream_only below: flow imports torch
-
         self._cons = consumers(self._sources)
         self._behind_cache: dict[int, list[int]] = {}
 
@@ -198,8 +206,8 @@ class RuleEngine:
                       "rule": "far above the clip threshold for a window"}
                 new += self._raise("exploding", i, view.step, ev)
             hist = self._norms[i]
-            if len(hist) >= cfg.min_steps:
-                med = float(np.median(hist[-50:]))
+            med = running_median(hist, cfg.min_steps)
+            if med is not None:
                 if med > 0 and g > cfg.explode_factor * med:
                     self._high[i] += 1
                     if self._high[i] >= cfg.explode_window:
@@ -234,17 +242,10 @@ class RuleEngine:
         if flow is None or not self._sources or len(flow) != len(self._sources):
             return {}
         out: dict[int, tuple[float, int]] = {}
-        for k, cons in enumerate(self._cons):
-            fk = _f(flow[k])
-            down = [_f(flow[c]) for c in cons if c != self._head]
-            down = [d for d in down if math.isfinite(d)]
-            if not math.isfinite(fk) or not down or max(down) <= 0:
-                continue
-            ratio = fk / max(down)
-            if ratio < self.cfg.vanish_flow_cut:
+        for k in range(len(self._cons)):
+            ratio = cut_ratio(flow, self._cons, k, self._head)
+            if ratio is not None and ratio < self.cfg.vanish_flow_cut:
                 if k not in self._behind_cache:
-                    from .flow import upstream_only
-
                     self._behind_cache[k] = upstream_only(self._sources, k)
                 for j in self._behind_cache[k]:
                     if j not in out or ratio < out[j][0]:
@@ -270,8 +271,6 @@ class RuleEngine:
             "low_logged_steps": int(self._low[i]),
         }
         if li >= 0 and self.layers.get("layers"):
-            from .health import likely_cause
-
             if not _measured(view.flow_attenuation) and self._flow_att is not None:
                 view = dataclasses.replace(view, flow_attenuation=self._flow_att)
             ev["cause"] = likely_cause(li, view, self.layers, cfg)
@@ -290,9 +289,6 @@ class RuleEngine:
         self.flags.append(flag)
         self._open[key] = flag
         return [flag]
-
-    def summary(self) -> list[dict]:
-        return [f.to_dict() for f in self.flags]
 
 
 def _merge_evidence(old: dict, new: dict) -> dict:

@@ -1,23 +1,22 @@
-"""The depth signals of a run: gradient flow (:mod:`flow`) and activation health (:mod:`health`), wired to the
-monitor: built on the trainer's model, armed for the forward/backward passes of logged optimizer steps only (flow:
-every ``flow_every``-th forward/backward pass of them, activation health: every ``health_every``-th logged step), and read with the logged step's one device-to-host transfer
-(``GradientCapture.extra_sources``).
+"""The depth signals of one model: gradient flow (:mod:`.flow`) and activation health (:mod:`.health`), built on the
+trainer's model, armed for the passes the :class:`~yolo_gradmon.measure.schedule.Schedule` selects, and read with
+the logged step's one device-to-host transfer (``GradientCapture.extra_sources``).
 """
 
 from __future__ import annotations
 
 from ultralytics.utils import LOGGER
 
-from .config import GradmonConfig
-from .flow import FlowHooks, compiled, layer_names, layer_sources, top_layers
+from ..config import PREFIX, GradmonConfig
+from ..structure.layout import layer_names, layer_sources, top_layers
+from .flow import FlowHooks
 from .health import ELEMENTWISE, ActivationHealth
-from .config import PREFIX
 
 
 class DepthSignals:
     """Flow and activation-health hooks of one model (either may be off)."""
 
-    def __init__(self, model, cfg: GradmonConfig, trainer=None, scale_fn=None):
+    def __init__(self, model, cfg: GradmonConfig, compiled: bool = False, scale_fn=None):
         self.flow: FlowHooks | None = None
         self.health: ActivationHealth | None = None
         self.names: list[str] = layer_names(model)
@@ -27,7 +26,7 @@ class DepthSignals:
             LOGGER.warning(f"{PREFIX}{' and '.join(wanted)} need an Ultralytics layer list (model.model); off for "
                            f"{type(model).__name__}.")
             wanted = []
-        if wanted and trainer is not None and compiled(trainer):
+        if wanted and compiled:
             LOGGER.warning(
                 f"{PREFIX}{' and '.join(wanted)} off under compile=True (tensor and forward hooks inside a compiled "
                 "graph would break it); parameter gradients are still monitored. Train without compile to get them."
@@ -48,7 +47,7 @@ class DepthSignals:
         return [s for s in (self.flow, self.health) if s is not None]
 
     def arm(self, flow: bool, health: bool) -> None:
-        """Hooks on for the coming forward/backward passes: flow on logged steps, health on its sampled ones."""
+        """Hooks on (or off) for the coming forward/backward pass, as the schedule's ``PassPlan`` says."""
         if self.flow is not None:
             self.flow.arm(flow)
         if self.health is not None:

@@ -4,8 +4,8 @@ For each top-level layer ``model.model[i]`` a forward hook registers a tensor ho
 tensor(s); during the backward pass that tensor hook receives dL/d(output) — the total over every consumer of
 the output (skip and concat routes included), i.e. exactly what back-propagates into the layer — and keeps its
 float32 L2 norm on the device. Nothing is synced: the per-layer values of the backward passes that belong to a
-logged optimizer step travel with that step's one device-to-host transfer (:class:`~yolo_gradmon.capture.
-GradientCapture` ``extra``).
+logged optimizer step travel with that step's one device-to-host transfer (:class:`~yolo_gradmon.measure.params.
+GradientCapture` ``extra_sources``).
 
 Per logged optimizer step, per layer (aligned with the header's ``layers``):
 
@@ -28,68 +28,14 @@ in-place change of that tensor receives the gradient of the value it was registe
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .layout import layer_key
-
-
-# ---------------------------------------------------------------------------------------------- the layer graph
-def top_layers(model: nn.Module) -> nn.ModuleList | nn.Sequential | None:
-    seq = getattr(model, "model", None)
-    return seq if isinstance(seq, (nn.Sequential, nn.ModuleList)) else None
-
-
-def layer_names(model: nn.Module) -> list[str]:
-    """Keys of every top-level layer (with or without parameters), e.g. ``"12.Concat"``; same format as the layout."""
-    layers = top_layers(model)
-    if layers is None:
-        return []
-    width = max(2, len(str(len(layers) - 1)))
-    return [layer_key(i, m, width) for i, m in enumerate(layers)]
-
-
-def layer_sources(model: nn.Module) -> list[list[int]]:
-    """For each top-level layer, the indices of the layers whose outputs it consumes (Ultralytics' ``.f``;
-    -1 = previous layer, resolved). Layer 0 consumes the image (``[]``). Without ``.f`` a plain chain is assumed."""
-    layers = top_layers(model)
-    if layers is None:
-        return []
-    out = []
-    for i, m in enumerate(layers):
-        f = getattr(m, "f", -1)
-        fs = [f] if isinstance(f, int) else list(f)
-        src = sorted({(i + j if j < 0 else j) for j in fs})
-        out.append([s for s in src if 0 <= s < i])
-    return out
-
-
-def consumers(sources: Sequence[Sequence[int]]) -> list[list[int]]:
-    """For each layer, the layers that consume its output."""
-    cons: list[list[int]] = [[] for _ in sources]
-    for i, src in enumerate(sources):
-        for s in src:
-            cons[s].append(i)
-    return cons
-
-
-def upstream_only(sources: Sequence[Sequence[int]], k: int) -> list[int]:
-    """Layers all of whose paths to the head pass through layer ``k``'s output, ``k`` included.
-
-    The head (last layer) feeds the loss. A layer qualifies when it is ``k`` or when every consumer of its output
-    qualifies (its gradient then arrives only through ``k``'s output). Skip and concat routes that bypass ``k``
-    disqualify a layer: e.g. a backbone stage feeding both ``k`` and a neck ``Concat`` keeps its gradient.
-    """
-    n = len(sources)
-    cons = consumers(sources)
-    inside = [False] * n
-    inside[k] = True
-    for j in range(k - 1, -1, -1):  # consumers have larger indices: one backward sweep settles every layer
-        inside[j] = bool(cons[j]) and all(inside[c] for c in cons[j])
-    return [j for j in range(n) if inside[j]]
+from ..config import PREFIX
+from ..structure.layout import layer_names, top_layers
 
 
 # ---------------------------------------------------------------------------------------------- tensors of outputs
@@ -113,14 +59,6 @@ def output_tensors(inputs, output) -> list[torch.Tensor]:
             seen.add(id(t))
             out.append(t)
     return out
-
-
-def compiled(trainer) -> bool:
-    """Whether the trainer runs a ``torch.compile``'d model (``compile=True``): tensor hooks registered inside a
-    compiled forward would break the graph, so the flow and activation-health signals stay off there."""
-    args = getattr(trainer, "args", None)
-    mode = getattr(args, "compile", False)
-    return bool(mode) and str(mode).lower() not in {"false", "0", "none"}
 
 
 # ---------------------------------------------------------------------------------------------- the hooks
@@ -153,7 +91,7 @@ class FlowHooks:
     def _fail(self, e: Exception) -> None:
         if not self.failed:
             self.failed = True
-            _warn_failed("gradient flow", e)
+            warn_failed("gradient flow", e)
 
     # ------------------------------------------------------------------ arming
     def arm(self, on: bool) -> None:
@@ -280,10 +218,9 @@ class FlowHooks:
         }
 
 
-def _warn_failed(what: str, e: Exception) -> None:
+def warn_failed(what: str, e: Exception) -> None:
+    """One error line when a signal's hooks fail: the signal is off for the rest of the run, training goes on."""
     from ultralytics.utils import LOGGER
-
-    from .config import PREFIX
 
     LOGGER.error(f"{PREFIX}{what} hooks disabled after {type(e).__name__}: {e}. Training and the other "
                  "gradient statistics continue.")

@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .flow import _warn_failed, consumers, top_layers
+from ..structure import activations
+from ..structure.layout import top_layers
+from .flow import warn_failed
 
-ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardswish, nn.Hardtanh,
-    nn.GELU, nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink,
-)
+ELEMENTWISE = tuple(getattr(nn, name) for name in activations.ELEMENTWISE)
 _GRID = 60.0
 
 
@@ -162,7 +161,7 @@ class ActivationHealth:
             self._measure(i, module, inputs[0])
         except Exception as e:  # noqa: BLE001 - inside the trainer's forward: never raise
             self.failed = True
-            _warn_failed("activation-health", e)
+            warn_failed("activation-health", e)
 
     def _measure(self, i: int, module: nn.Module, x) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point() or x.numel() == 0:
@@ -212,88 +211,3 @@ class ActivationHealth:
             "act_saturated": [float(s / e) if e > 0 and math.isfinite(s) else None for s, e in zip(sat, sat_n)],
             "act_dead": [float(d / u) if u > 0 and math.isfinite(d) else None for d, u in zip(dead, units)],
         }
-
-
-# ---------------------------------------------------------------------------------------------- naming the cause
-def _downstream(layer: int, sources) -> list[int]:
-    """``layer`` and every layer its output reaches on the way to the head."""
-    cons = consumers(sources)
-    seen, stack = {layer}, [layer]
-    while stack:
-        for c in cons[stack.pop()]:
-            if c not in seen:
-                seen.add(c)
-                stack.append(c)
-    return sorted(seen)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
-
-
-def likely_cause(layer: int, view, layers: dict, cfg) -> str:
-    """A one-line diagnosis of why ``layer``'s gradient vanishes, from the step's flow profile and activation health
-    on the layers between it and the head (``layers``: the log header's ``layers``/``layer_from``/``layer_acts``).
-
-    Checked in order: saturated units (>= ``cause_saturated``), dead units (>= ``cause_dead``), a cut (the gradient
-    at one layer's output below ``vanish_flow_cut`` x the largest at its consumers' outputs, the head excluded),
-    saturating activations (Sigmoid/Tanh family: derivative <= 0.25 / 1 per layer) on the path; otherwise
-    attenuation spread over depth.
-    """
-    names = list(layers.get("layers") or [])
-    sources = layers.get("layer_from") or []
-    acts = layers.get("layer_acts") or [[] for _ in names]
-    if not names or not sources or not 0 <= layer < len(names):
-        return "unknown (no layer graph in the log)"
-    path = _downstream(layer, sources)
-    sat = list(getattr(view, "act_saturated", None) or [None] * len(names))
-    dead = list(getattr(view, "act_dead", None) or [None] * len(names))
-    att = list(getattr(view, "flow_attenuation", None) or [None] * len(names))
-    out = []
-
-    def worst(values, thr):
-        hits = sorted(((values[j], j) for j in path if values[j] is not None and values[j] >= thr), reverse=True)
-        if not hits:
-            return None
-        shown = ", ".join(f"{_pct(v)} in {names[j]}" for v, j in hits[:3])
-        return shown + (f" (+{len(hits) - 3} more layers)" if len(hits) > 3 else "")
-
-    s = worst(sat, cfg.cause_saturated)
-    if s:
-        kinds = sorted({a for j in path for a in acts[j] if a in _SATURATING})
-        out.append(f"saturated {'/'.join(kinds) or 'activation'} units: {s}")
-    d = worst(dead, cfg.cause_dead)
-    if d:
-        out.append(f"dead activation units (no gradient over a whole batch): {d}")
-    cons = consumers(sources)
-    head = len(names) - 1
-    cuts, weak_from_head = [], []
-    for j in path:
-        if att[j] is None or not cons[j] or j == head:
-            continue
-        inner = [c for c in cons[j] if c != head]
-        downstream_att = [att[c] for c in inner if att[c] is not None]
-        if downstream_att and max(downstream_att) > 0:
-            ratio = att[j] / max(downstream_att)
-            if ratio < cfg.vanish_flow_cut:
-                cuts.append((ratio, j, inner))
-        elif not inner and att[j] < cfg.vanish_flow_attenuation:
-            weak_from_head.append((att[j], j))
-    if cuts:
-        ratio, j, inner = min(cuts)
-        out.append(f"gradient cut at {names[j]}'s output: {ratio:.1e}x the gradient at its consumers' outputs "
-                   f"({', '.join(names[c] for c in inner)})")
-    elif weak_from_head:
-        a, j = min(weak_from_head)
-        out.append(f"{names[j]} feeds only the head and receives {a:.1e}x the head's output gradient")
-    if not out:
-        kinds = sorted({a for j in path for a in acts[j] if a in _SATURATING})
-        if kinds:
-            out.append(f"saturating activation on the path to the head ({'/'.join(kinds)}: derivative <= "
-                       f"{'0.25' if kinds == ['Sigmoid'] else '1'} per layer), no unit past the saturation bound")
-        else:
-            out.append("no saturated or dead units and no single cut on the path: attenuation spread over depth")
-    return "; ".join(out)
-
-
-_SATURATING = {"Sigmoid", "Tanh", "Hardsigmoid", "Hardtanh", "Softsign", "LogSigmoid"}

@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .layout import ModuleLayout, device_of
+from ..structure.layout import ModuleLayout, device_of
 
 INF = float("inf")
 
@@ -112,7 +112,7 @@ class GradientCapture:
         self._copy_params: list[torch.Tensor] | None = None
         self._copy_fresh = False  # weights copied before the last step, ‖Δw‖ not measured yet
         # more on-device signals riding the logged step's one sync: objects with device_parts() -> {name: tensor}
-        # and host_fields({name: array}) -> record fields (see flow.FlowHooks, health.ActivationHealth)
+        # and host_fields({name: array}) -> record fields (see .flow.FlowHooks, .health.ActivationHealth)
         self.extra_sources: list = []
 
     # ------------------------------------------------------------------ public
@@ -123,12 +123,14 @@ class GradientCapture:
         step: int,
         epoch: int,
         logged: bool,
+        update: bool = True,
         lr: list[float],
         scaler: torch.amp.GradScaler | None = None,
         on_complete: Callable[[list[StepStats]], None] | None = None,
     ) -> list[StepStats]:
         """Run ``run_step`` (the trainer's original optimizer step) with capture around it.
 
+        ``update``: measure the update/weight ratio of this (logged) step; otherwise it is NaN (null in the log).
         Returns the records completed by this call (zero or one; the current step's record completes later),
         or, with ``on_complete``, passes them to it *before* ``run_step`` runs and returns ``[]``.
         """
@@ -136,7 +138,7 @@ class GradientCapture:
             self._measure_update()
             done: list[StepStats] = []
             if logged:
-                done = self._capture(step, epoch, lr, scaler)
+                done = self._capture(step, epoch, lr, scaler, update)
         if on_complete is not None and done:
             on_complete(done)  # written before the step runs: a kill during it loses no completed record
             done = []
@@ -160,7 +162,7 @@ class GradientCapture:
         return [stats]
 
     # ------------------------------------------------------------------ internals
-    def _capture(self, step, epoch, lr, scaler) -> list[StepStats]:
+    def _capture(self, step, epoch, lr, scaler, update: bool = True) -> list[StepStats]:
         L = self.layout
         G = L.n_groups
         all_grads = [p.grad for p in L.params]
@@ -194,7 +196,7 @@ class GradientCapture:
             max_abs = max_abs.scatter_reduce(0, gs.small_gid, flat.abs().float(), reduce="amax", include_self=True)
         if ws.small:
             weight_sq = weight_sq + ws.per_group(ws.cat_small(L.params).square(), G)
-        if self.update_ratio:
+        if self.update_ratio and update:
             self._snapshot_weights()
 
         parts = [grad_sq, weight_sq, max_abs]

@@ -18,46 +18,49 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
-import polars as pl
 
 SCHEMA_VERSION = 1
 LOG_NAME = "gradients.jsonl"
 MODULE_COLUMNS = ("grad_norm", "weight_norm", "grad_to_weight", "update_to_weight", "max_abs_grad", "nonfinite")
-STEP_COLUMNS = ("lr", "amp_scale", "amp_skipped", "total_norm", "clip_active", "warmup")
 # Optional per-layer arrays of a ``step`` line, aligned with the header's ``layers`` (every top-level layer, with or
 # without parameters); absent in logs written without the flow / activation-health signals (same schema version).
 LAYER_COLUMNS = ("flow_norm", "flow_attenuation", "act_saturated", "act_dead")
-LAYERS_PARQUET_NAME = "layers.parquet"
 
 
 class LogSchemaError(ValueError):
     """A log written with a schema this version cannot read."""
 
 
-def _clean(value: Any) -> Any:
+def finite_or_none(v) -> float | None:
+    """A finite float, or None for None/NaN/Inf: how the log stores a non-finite or missing statistic."""
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready Python values: numpy scalars and arrays unwrapped, non-finite floats as None (recursively)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, np.ndarray):
-        return [_clean(v) for v in value.tolist()]
+        return [plain(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, (np.floating,)):
-        return _clean(float(value))
+        return plain(float(value))
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.bool_,)):
         return bool(value)
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     return value
 
 
 def dumps(record: dict) -> str:
     """Strict JSON for one log line: NaN/Inf become null."""
-    return json.dumps(_clean(record), allow_nan=False, separators=(",", ":"))
+    return json.dumps(plain(record), allow_nan=False, separators=(",", ":"))
 
 
 class LogWriter:
@@ -125,96 +128,18 @@ class GradLog:
     def last_step_of_epoch(self, epoch: int) -> int | None:
         return self.epoch_ends.get(epoch)
 
-    def frame(self) -> pl.DataFrame:
-        """Long format: one row per (logged step, module that received a gradient)."""
-        return module_frame(self.steps, self.modules, self.header.get("layer_index") if self.layers else None)
+    def resume_point(self, start_epoch: int) -> tuple[int, list[dict]]:
+        """Where a run resumed at ``start_epoch`` (0-based, as Ultralytics counts) continues: the last optimizer step
+        of the epochs before it, and the step records up to it."""
+        step = self.last_step_of_epoch(start_epoch)
+        if step is None:
+            step = max((r["step"] for r in self.steps if r["epoch"] <= start_epoch), default=0)
+        return step, [r for r in self.steps if r["step"] <= step]
 
     @property
     def layers(self) -> list[str]:
         """Every top-level layer (flow / activation-health columns align with it); [] in logs without them."""
         return list(self.header.get("layers") or [])
-
-    def layer_frame(self) -> pl.DataFrame:
-        """Depth signals: one row per (logged step, top-level layer)."""
-        return layer_frame(self.steps, self.layers)
-
-    def step_frame(self) -> pl.DataFrame:
-        """Whole-model columns: one row per logged step."""
-        return step_frame(self.steps)
-
-
-def module_frame(records: list[dict], modules: list[str], layer_index: list[int] | None = None) -> pl.DataFrame:
-    """Long format of ``step`` records: one row per (step, module that received a gradient).
-
-    With ``layer_index`` (the header's: each module's top-level layer), the optional ``LAYER_COLUMNS`` are added too,
-    each module carrying its layer's value (null where the log has none).
-    """
-    extra = LAYER_COLUMNS if layer_index is not None else ()
-    cols: dict[str, list] = {k: [] for k in ("step", "epoch", "module", *MODULE_COLUMNS, *extra)}
-    for rec in records:
-        has = rec.get("has_grad")
-        for i, name in enumerate(modules):
-            if has is not None and not has[i]:
-                continue
-            cols["step"].append(rec["step"])
-            cols["epoch"].append(rec["epoch"])
-            cols["module"].append(name)
-            for c in MODULE_COLUMNS:
-                v = rec[c][i]
-                cols[c].append(None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
-            for c in extra:
-                arr, li = rec.get(c), layer_index[i]
-                cols[c].append(_finite_or_none(arr[li]) if arr is not None and 0 <= li < len(arr) else None)
-    schema = {"step": pl.Int64, "epoch": pl.Int64, "module": pl.Utf8}
-    schema.update({c: pl.Float64 for c in (*MODULE_COLUMNS, *extra)})
-    schema["nonfinite"] = pl.Int64
-    return pl.DataFrame(cols, schema=schema)
-
-
-def _finite_or_none(v):
-    return None if v is None or not math.isfinite(float(v)) else float(v)
-
-
-def layer_frame(records: list[dict], layers: list[str]) -> pl.DataFrame:
-    """The depth signals of ``step`` records: one row per (step, top-level layer), for records that carry them.
-
-    Columns: ``step, epoch, layer, flow_backwards`` and ``LAYER_COLUMNS`` (null where not measured).
-    """
-    cols: dict[str, list] = {k: [] for k in ("step", "epoch", "layer", "flow_backwards", *LAYER_COLUMNS)}
-    for rec in records:
-        if not any(rec.get(c) is not None for c in LAYER_COLUMNS):
-            continue
-        for li, name in enumerate(layers):
-            cols["step"].append(rec["step"])
-            cols["epoch"].append(rec["epoch"])
-            cols["layer"].append(name)
-            cols["flow_backwards"].append(rec.get("flow_backwards"))
-            for c in LAYER_COLUMNS:
-                arr = rec.get(c)
-                cols[c].append(_finite_or_none(arr[li]) if arr is not None and li < len(arr) else None)
-    schema = {"step": pl.Int64, "epoch": pl.Int64, "layer": pl.Utf8, "flow_backwards": pl.Int64}
-    schema.update({c: pl.Float64 for c in LAYER_COLUMNS})
-    return pl.DataFrame(cols, schema=schema)
-
-
-def step_frame(records: list[dict]) -> pl.DataFrame:
-    """Whole-model columns of ``step`` records: one row per logged step."""
-    schema = {
-        "step": pl.Int64,
-        "epoch": pl.Int64,
-        "lr": pl.Float64,
-        "amp_scale": pl.Float64,
-        "amp_skipped": pl.Boolean,
-        "total_norm": pl.Float64,
-        "clip_active": pl.Boolean,
-        "warmup": pl.Boolean,
-    }
-    rows = []
-    for r in records:
-        row = {k: _clean(r.get(k)) for k in schema}
-        row["lr"] = (r.get("lr") or [None])[0]
-        rows.append(row)
-    return pl.DataFrame(rows, schema=schema)
 
 
 def read_log(path: str | Path) -> GradLog:
@@ -271,17 +196,55 @@ def read_log(path: str | Path) -> GradLog:
     return GradLog(header, steps, epoch_ends, ended, truncated)
 
 
-def locate_log(path: str | Path) -> Path:
-    """Accept the log file itself, its ``gradmon/`` dir, or the training run's ``save_dir``."""
+def resume_log(path: Path, modules: list[str], granularity: str, start_epoch: int) -> tuple[int, list[dict]]:
+    """The optimizer step and the step records a run resumed at ``start_epoch`` continues ``path``'s log from.
+
+    Raises ``RuntimeError`` (and leaves the log as it is) when the log records other modules than ``modules``: its
+    step lines could not be read with a new header.
+    """
+    log = read_log(path)
+    if log.modules != list(modules):
+        raise RuntimeError(
+            f"cannot continue {path}: it logs other modules (granularity {log.header.get('granularity')!r}, "
+            f"{len(log.modules)} modules; now {granularity!r}, {len(modules)}). "
+            "Resume with the gradmon options of the interrupted run; the log is left as it is"
+        )
+    return log.resume_point(start_epoch)
+
+
+def find_in_run(path: str | Path, name: str) -> Path:
+    """Accept the file itself, its ``gradmon/`` dir, or the training run's ``save_dir``; return the file ``name``."""
     p = Path(path)
-    for cand in (p, p / LOG_NAME, p / "gradmon" / LOG_NAME):
+    for cand in (p, p / name, p / "gradmon" / name):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"no {LOG_NAME} found at {p} (expected <save_dir>/gradmon/{LOG_NAME})")
+    raise FileNotFoundError(f"no {name} found at {p} (expected <save_dir>/gradmon/{name})")
+
+
+def locate_log(path: str | Path) -> Path:
+    """The log file of ``path`` (the log itself, its ``gradmon/`` dir or the run's ``save_dir``)."""
+    return find_in_run(path, LOG_NAME)
+
+
+def header_record(model: str, task: str | None, granularity: str, measured: dict, config: dict) -> dict:
+    """The ``header`` log line. ``measured``: the modules (``modules``, ``trainable``, ``numel``, ``layer_index``) and,
+    under ``depth``, the top-level layers and depth signals (``layers``, ``layer_from``, ``layer_acts``, ``flow``,
+    ``activation_health``)."""
+    depth = dict(measured.get("depth") or {})
+    return {
+        "type": "header",
+        "schema": SCHEMA_VERSION,
+        "model": model,
+        "task": task,
+        "granularity": granularity,
+        **{k: measured[k] for k in ("modules", "trainable", "numel", "layer_index")},
+        "config": config,
+        **depth,
+    }
 
 
 def step_record(stats, warmup: bool | None) -> dict:
-    """The ``step`` log line of a :class:`~yolo_gradmon.capture.StepStats`."""
+    """The ``step`` log line of a :class:`~yolo_gradmon.measure.params.StepStats`."""
     rec = {
         "type": "step",
         "step": stats.step,
@@ -297,11 +260,3 @@ def step_record(stats, warmup: bool | None) -> dict:
     for c in MODULE_COLUMNS:
         rec[c] = getattr(stats, c)
     return rec
-
-
-def iter_module_series(log: GradLog, column: str) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-    """(module, steps, values) per module in depth order, values NaN where missing."""
-    frame = log.frame()
-    for name in log.modules:
-        sub = frame.filter(pl.col("module") == name)
-        yield name, sub["step"].to_numpy(), sub[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()

@@ -1,4 +1,5 @@
-"""The derived local outputs of a run: ``gradients.parquet``, ``steps.parquet`` and ``summary.json``.
+"""The tables derived from the log: per-module, per-layer and per-step frames, ``gradients.parquet``,
+``layers.parquet``, ``steps.parquet`` and ``summary.json``.
 
 Written at train end from the monitor's history, and rebuilt from the append-only log alone by
 :func:`rebuild` (``yolo-gradmon report``), e.g. for a run that was killed before train end.
@@ -9,17 +10,87 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from .config import GradmonConfig
-from .logfile import (LAYERS_PARQUET_NAME, SCHEMA_VERSION, dumps, layer_frame, locate_log, module_frame, read_log,
-                      step_frame)
-from .rules import Flag, evaluate
+from ..config import GradmonConfig
+from ..judge.rules import Flag, evaluate
+from .logfile import (LAYER_COLUMNS, LOG_NAME, MODULE_COLUMNS, SCHEMA_VERSION, dumps, find_in_run, finite_or_none,
+                      plain, read_log)
 
+LAYERS_PARQUET_NAME = "layers.parquet"
 PARQUET_NAME = "gradients.parquet"
 STEPS_PARQUET_NAME = "steps.parquet"
 SUMMARY_NAME = "summary.json"
+
+
+def module_frame(records: list[dict], modules: list[str], layer_index: list[int] | None = None) -> pl.DataFrame:
+    """Long format of ``step`` records: one row per (step, module that received a gradient).
+
+    With ``layer_index`` (the header's: each module's top-level layer), the optional ``LAYER_COLUMNS`` are added too,
+    each module carrying its layer's value (null where the log has none).
+    """
+    extra = LAYER_COLUMNS if layer_index is not None else ()
+    cols: dict[str, list] = {k: [] for k in ("step", "epoch", "module", *MODULE_COLUMNS, *extra)}
+    for rec in records:
+        has = rec.get("has_grad")
+        for i, name in enumerate(modules):
+            if has is not None and not has[i]:
+                continue
+            cols["step"].append(rec["step"])
+            cols["epoch"].append(rec["epoch"])
+            cols["module"].append(name)
+            for c in MODULE_COLUMNS:
+                v = rec[c][i]
+                cols[c].append(finite_or_none(v) if isinstance(v, float) else v)
+            for c in extra:
+                arr, li = rec.get(c), layer_index[i]
+                cols[c].append(finite_or_none(arr[li]) if arr is not None and 0 <= li < len(arr) else None)
+    schema = {"step": pl.Int64, "epoch": pl.Int64, "module": pl.Utf8}
+    schema.update({c: pl.Float64 for c in (*MODULE_COLUMNS, *extra)})
+    schema["nonfinite"] = pl.Int64
+    return pl.DataFrame(cols, schema=schema)
+
+
+def layer_frame(records: list[dict], layers: list[str]) -> pl.DataFrame:
+    """The depth signals of ``step`` records: one row per (step, top-level layer), for records that carry them.
+
+    Columns: ``step, epoch, layer, flow_backwards`` and ``LAYER_COLUMNS`` (null where not measured).
+    """
+    cols: dict[str, list] = {k: [] for k in ("step", "epoch", "layer", "flow_backwards", *LAYER_COLUMNS)}
+    for rec in records:
+        if not any(rec.get(c) is not None for c in LAYER_COLUMNS):
+            continue
+        for li, name in enumerate(layers):
+            cols["step"].append(rec["step"])
+            cols["epoch"].append(rec["epoch"])
+            cols["layer"].append(name)
+            cols["flow_backwards"].append(rec.get("flow_backwards"))
+            for c in LAYER_COLUMNS:
+                arr = rec.get(c)
+                cols[c].append(finite_or_none(arr[li]) if arr is not None and li < len(arr) else None)
+    schema = {"step": pl.Int64, "epoch": pl.Int64, "layer": pl.Utf8, "flow_backwards": pl.Int64}
+    schema.update({c: pl.Float64 for c in LAYER_COLUMNS})
+    return pl.DataFrame(cols, schema=schema)
+
+
+def step_frame(records: list[dict]) -> pl.DataFrame:
+    """Whole-model columns of ``step`` records: one row per logged step."""
+    schema = {
+        "step": pl.Int64,
+        "epoch": pl.Int64,
+        "lr": pl.Float64,
+        "amp_scale": pl.Float64,
+        "amp_skipped": pl.Boolean,
+        "total_norm": pl.Float64,
+        "clip_active": pl.Boolean,
+        "warmup": pl.Boolean,
+    }
+    rows = []
+    for r in records:
+        row = {k: plain(r.get(k)) for k in schema}
+        row["lr"] = (r.get("lr") or [None])[0]
+        rows.append(row)
+    return pl.DataFrame(rows, schema=schema)
 
 
 def module_table(frame: pl.DataFrame, modules: list[str]) -> list[dict]:
@@ -129,7 +200,7 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict], flags: list[
 
 def rebuild(path: str | Path) -> dict:
     """Rebuild Parquet and ``summary.json`` from ``gradients.jsonl`` alone (``path``: run dir, gradmon dir or log)."""
-    log_path = locate_log(path)
+    log_path = find_in_run(path, LOG_NAME)
     log = read_log(log_path)
     cfg = GradmonConfig.from_dict(log.header.get("config", {}))
     flags = evaluate(log.modules, log.header["trainable"], log.steps, cfg, log.header.get("layer_index"), log.header)
@@ -137,13 +208,5 @@ def rebuild(path: str | Path) -> dict:
 
 
 def load_summary(path: str | Path) -> dict:
-    p = Path(path)
-    for cand in (p, p / SUMMARY_NAME, p / "gradmon" / SUMMARY_NAME):
-        if cand.is_file():
-            return json.loads(cand.read_text())
-    raise FileNotFoundError(f"no {SUMMARY_NAME} at {p}")
-
-
-def median_or_nan(values) -> float:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    return float(np.nanmedian(arr)) if arr.size and np.isfinite(arr).any() else float("nan")
+    """The ``summary.json`` of ``path`` (the file, its ``gradmon/`` dir or the run's ``save_dir``)."""
+    return json.loads(find_in_run(path, SUMMARY_NAME).read_text())

@@ -1,11 +1,15 @@
-"""Console output: one line at start, one compact table at train end, flag warnings. Nothing per step."""
+"""Console output, as a sink: one line at start, a warning per new flag, one compact table at train end (the
+``console`` option). Nothing per step."""
 
 from __future__ import annotations
 
 from ultralytics.utils import LOGGER
 
-from .rules import Flag
-from .config import PREFIX
+from typing import Callable
+
+from ..config import PREFIX
+from ..judge.rules import Flag
+from .sink import History, RunInfo, Sink
 
 
 def _g(v) -> str:
@@ -37,11 +41,11 @@ def format_table(summary: dict) -> list[str]:
     return lines
 
 
-def print_start(n_modules: int, n_trainable: int, granularity: str, log_every: int, where: str, extra: str = "") -> None:
+def print_start(n_modules: int, n_trainable: int, granularity: str, log_every: int, where: str) -> None:
     every = "every optimizer step" if log_every == 1 else f"every {log_every} optimizer steps"
     LOGGER.info(
         f"{PREFIX}watching gradients of {n_modules} {granularity}s with parameters ({n_trainable} trainable) {every}, "
-        f"before clipping; writing {where}{extra}"
+        f"before clipping; writing {where}"
     )
 
 
@@ -59,3 +63,33 @@ def print_end(summary: dict, where: str) -> None:
 
 def warn_flag(flag: Flag) -> None:
     LOGGER.warning(f"{PREFIX}{flag.describe()}")
+
+
+class ConsoleSink(Sink):
+    """The console: the start line and flag warnings always; the end table when ``table`` (the ``console`` option).
+
+    Args:
+        table: print the per-module table at train end.
+        local_ok: whether the local files are being written (else the end line says the results are in memory only).
+    """
+
+    name = "console"
+
+    def __init__(self, table: bool = True, local_ok: Callable[[], bool] = lambda: True):
+        self.table = table
+        self.local_ok = local_ok
+        self.out_dir = None
+
+    def start(self, run: RunInfo) -> None:
+        self.out_dir = run.out_dir
+        h = run.header
+        print_start(len(h["modules"]), sum(h["trainable"]), h["granularity"], run.cfg.log_every, str(run.out_dir))
+
+    def on_flag(self, flag: Flag) -> None:
+        warn_flag(flag)
+
+    def finish(self, summary: dict, history: History) -> None:
+        if self.table:
+            where = str(self.out_dir) if self.local_ok() else (
+                f"memory only (the local log in {self.out_dir} failed, see above)")
+            print_end(summary, where)

@@ -1,36 +1,50 @@
-"""Local files under ``<save_dir>/gradmon/``: the append-only log, then Parquet and ``summary.json``."""
+"""Local files under ``<save_dir>/gradmon/``: the append-only log while training, then at train end the Parquet
+tables, ``summary.json``, the PNGs and ``report.html``."""
 
 from __future__ import annotations
 
-from ..logfile import SCHEMA_VERSION, LogWriter, LOG_NAME
-from .base import RunContext, Sink
+from ultralytics.utils import LOGGER
+
+from ..config import PREFIX
+from ..record.logfile import LOG_NAME, LogWriter
+from ..record.tables import write_outputs
+from .sink import History, RunInfo, Sink
 
 
 class LocalSink(Sink):
-    """Appends every logged step to ``gradients.jsonl`` (flushed per step)."""
+    """Appends every logged step to ``gradients.jsonl`` (flushed per step); writes the derived files at train end."""
 
     name = "local"
 
     def __init__(self):
         self.writer: LogWriter | None = None
-        self.ctx: RunContext | None = None
+        self.run: RunInfo | None = None
 
-    def start(self, ctx: RunContext) -> None:
-        self.ctx = ctx
-        self.writer = LogWriter(ctx.out_dir / LOG_NAME, append=ctx.resumed)  # a new run starts a new log
-        if ctx.resumed:
-            self._write({"type": "resume", "step": ctx.start_step, "epoch": ctx.start_epoch + 1})
-        self._write(header_record(ctx))
+    def start(self, run: RunInfo) -> None:
+        self.run = run
+        self.writer = LogWriter(run.out_dir / LOG_NAME, append=run.resumed)  # a new run starts a new log
+        if run.resumed:
+            self._write({"type": "resume", "step": run.start_step, "epoch": run.start_epoch + 1})
+        self._write(run.header)
 
-    def log_step(self, stats, record, n_flagged) -> None:
+    def log_step(self, record: dict, n_flagged: int) -> None:
         self._write(record)
 
-    def epoch_end(self, epoch: int, step: int) -> None:
+    def epoch_end(self, epoch: int, step: int, history: History) -> None:
         self._write({"type": "epoch_end", "epoch": epoch, "step": step})
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, summary: dict, history: History) -> None:
         self._write({"type": "end", "steps_logged": summary.get("steps_logged")})
         self.writer.close()
+        out = self.run.out_dir
+        try:
+            summary.update(write_outputs(out, self.run.header, history.records, history.flags, complete=True))
+            from .figures import render_pngs  # matplotlib only at train end
+
+            heat, curves = render_pngs(out, self.run.header, history.records)
+            summary["media"] = {"heatmap": str(heat), "curves": str(curves)}
+        except Exception as e:  # noqa: BLE001 - the log is complete; a derived file failing is reported, not raised
+            LOGGER.error(f"{PREFIX}could not write Parquet/summary/PNGs in {out}: {e}")
 
     def _write(self, record: dict) -> None:
         try:
@@ -41,19 +55,3 @@ class LocalSink(Sink):
     def close_after_error(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def header_record(ctx: RunContext) -> dict:
-    return {
-        "type": "header",
-        "schema": SCHEMA_VERSION,
-        "model": ctx.model_name,
-        "task": getattr(getattr(ctx.trainer, "args", None), "task", None),
-        "granularity": ctx.cfg.granularity,
-        "modules": ctx.modules,
-        "trainable": ctx.trainable,
-        "numel": ctx.numel,
-        "layer_index": ctx.layer_index,
-        "config": ctx.cfg.to_dict(),
-        **getattr(ctx, "header_extra", {}),
-    }

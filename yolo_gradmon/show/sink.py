@@ -1,4 +1,5 @@
-"""The sink interface and the guard that keeps a failing sink from ever stopping training."""
+"""The sink interface, what sinks are told about a run, and the guard that keeps a failing sink from ever stopping
+training."""
 
 from __future__ import annotations
 
@@ -8,31 +9,56 @@ from typing import Any
 
 from ultralytics.utils import LOGGER
 
-from ..capture import StepStats
-from ..config import GradmonConfig
-from ..rules import Flag
-
-from ..config import PREFIX  # noqa: F401 - re-exported for sinks
+from ..config import PREFIX, GradmonConfig
+from ..judge.rules import Flag
 
 
 @dataclasses.dataclass
-class RunContext:
-    """What sinks know about the run being monitored."""
+class RunInfo:
+    """What sinks know about the run being monitored (no live trainer object).
 
+    Attributes:
+        header: the log's header line (model, modules, trainable, numel, layer_index, layers, options...).
+        cfg: the monitor's options.
+        save_dir: the trainer's ``save_dir``; ``out_dir`` is ``save_dir/gradmon``.
+        resumed, start_step, start_epoch: where a ``resume=True`` run continues its log.
+        epochs: the planned number of epochs (None if unknown).
+        trainer_args: the trainer's arguments (``vars(trainer.args)``), e.g. for a W&B run's config and name.
+        callbacks: the trainer's callback lists (``trainer.callbacks``), for a sink that must act at a trainer
+            event of its own (the W&B sink's teardown and row markers); None when there is none.
+    """
+
+    header: dict
+    cfg: GradmonConfig
     save_dir: Path
     out_dir: Path
-    model_name: str
-    modules: list[str]
-    trainable: list[bool]
-    numel: list[int]
-    layer_index: list[int]
-    cfg: GradmonConfig
-    trainer: Any = None
     resumed: bool = False
     start_step: int = 0
     start_epoch: int = 0
-    records: list = dataclasses.field(default_factory=list)  # the monitor's step records, resumed ones too
-    header_extra: dict = dataclasses.field(default_factory=dict)  # optional header fields (layers, flow, health)
+    epochs: int | None = None
+    trainer_args: dict = dataclasses.field(default_factory=dict)
+    callbacks: dict | None = None
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.header["modules"])
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.header.get("layers") or [])
+
+    @property
+    def model_name(self) -> str:
+        return str(self.header.get("model"))
+
+
+@dataclasses.dataclass
+class History:
+    """What the monitor has logged so far: every ``step`` record (resumed ones too) and every flag, read-only for
+    sinks."""
+
+    records: list[dict]
+    flags: list[Flag]
 
 
 class Sink:
@@ -40,15 +66,18 @@ class Sink:
 
     name = "sink"
 
-    def start(self, ctx: RunContext) -> None: ...
+    def start(self, run: RunInfo) -> None: ...
 
-    def log_step(self, stats: StepStats, record: dict, n_flagged: int) -> None: ...
+    def log_step(self, record: dict, n_flagged: int) -> None:
+        """One logged optimizer step (a ``step`` log record) and the number of modules with an active flag."""
 
     def on_flag(self, flag: Flag) -> None: ...
 
-    def epoch_end(self, epoch: int, step: int) -> None: ...
+    def epoch_end(self, epoch: int, step: int, history: History) -> None: ...
 
-    def finish(self, summary: dict) -> None: ...
+    def finish(self, summary: dict, history: History) -> None:
+        """Train end. ``summary`` is the ``summary.json`` content; a sink may add to it (the local sink adds the paths
+        of the files it wrote under ``media``), and later sinks see that."""
 
     def close_after_error(self) -> None:
         """Release resources after the guard disabled this sink."""
@@ -66,7 +95,7 @@ class GuardedSink:
     def name(self) -> str:
         return self.sink.name
 
-    def call(self, method: str, *args) -> None:
+    def call(self, method: str, *args: Any) -> None:
         if not self.enabled:
             return
         try:

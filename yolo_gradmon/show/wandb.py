@@ -33,7 +33,7 @@ Ultralytics' epoch rows stay whole
     call after the commit, still at their own ``gradients/step``).
 
 Media (``gradmon/*``, at train end and every ``wandb_media_every`` epochs)
-    ``gradmon/heatmap`` and ``gradmon/curves`` (``wandb.Image`` of :mod:`yolo_gradmon.report`'s PNGs, written
+    ``gradmon/heatmap`` and ``gradmon/curves`` (``wandb.Image`` of :mod:`yolo_gradmon.show.figures`' PNGs, written
     into the gradmon dir as ``heatmap.png``/``curves.png``, periodic ones as ``wandb_media/heatmap_epoch0003.png``
     etc., or into a temp dir if the gradmon dir is not writable) and ``gradmon/flags`` (a ``wandb.Table``: kind,
     module, first_step, last_step, active, evidence JSON), logged at the last logged ``gradients/step``. Run summary: ``gradmon/steps_logged``,
@@ -49,7 +49,7 @@ Alerts
     runs record alerts in their ``.wandb`` log (``"type": "alert"`` records in ``wandb leet inspect --json``).
 
 Failures
-    Every call is wrapped by :class:`~yolo_gradmon.sinks.base.GuardedSink`: the first exception (``init``,
+    Every call is wrapped by :class:`~yolo_gradmon.show.sink.GuardedSink`: the first exception (``init``,
     ``log``, ``alert``...) disables this sink with one warning; the local log is untouched. A run the sink
     started is then finished as failed. The trainer callbacks the sink adds only flip flags or finish its own
     run inside ``try``, so they cannot raise into training.
@@ -66,12 +66,12 @@ from typing import Any
 
 from ultralytics.utils import LOGGER
 
-from ..capture import StepStats
 from ..config import GradmonConfig
-from ..logfile import LAYER_COLUMNS, dumps, module_frame
-from ..rules import Flag
+from ..judge.rules import KINDS, Flag
+from ..record.logfile import LAYER_COLUMNS, dumps, finite_or_none
+from ..record.tables import module_frame
 from ..config import PREFIX
-from .base import RunContext, Sink
+from .sink import History, RunInfo, Sink
 
 STEP_KEY = "gradients/step"
 _DEPTH_SECTION = {"flow_norm": "flow"}  # W&B section of a per-layer log field (the others keep the field's name)
@@ -123,7 +123,7 @@ class WandbSink(Sink):
         self.wb = wandb_module
         self.run = None
         self.owns_run = False
-        self.ctx: RunContext | None = None
+        self.info: RunInfo | None = None
         self.flags: dict[tuple[str, str], Flag] = {}
         self.steps_logged = 0
         self.last_step: int | None = None
@@ -138,21 +138,19 @@ class WandbSink(Sink):
         self._keys: list[tuple[str, str, str, str]] = []
 
     # ------------------------------------------------------------------ events
-    def start(self, ctx: RunContext) -> None:
-        self.ctx = ctx
+    def start(self, info: RunInfo) -> None:
+        self.info = info
         wb = self.wb
-        trainer = ctx.trainer
         run = wb.run
-        gradmon = {"gradmon": ctx.cfg.to_dict()}
+        gradmon = {"gradmon": info.cfg.to_dict()}
         if run is None:
-            self._hook_teardown(trainer)  # a no-op unless init below returns a run (then owned here)
-            run = wb.init(**self._init_kwargs(ctx, gradmon))
+            self._hook_teardown(info.callbacks)  # a no-op unless init below returns a run (then owned here)
+            run = wb.init(**self._init_kwargs(info, gradmon))
             self.owns_run = True
         else:
             run.config.update(gradmon, allow_val_change=True)
-            args = getattr(trainer, "args", None)
-            if args is not None:
-                run.config.setdefaults(vars(args))  # keep what the user or Ultralytics already set
+            if info.trainer_args:
+                run.config.setdefaults(info.trainer_args)  # keep what the user or Ultralytics already set
         self.run = run
         run.define_metric(STEP_KEY)
         run.define_metric("gradients/*", step_metric=STEP_KEY)
@@ -160,18 +158,18 @@ class WandbSink(Sink):
         self._keys = [
             (f"gradients/norm/{m}", f"gradients/grad_to_weight/{m}", f"gradients/update_to_weight/{m}",
              f"gradients/max_abs/{m}")
-            for m in ctx.modules
+            for m in info.modules
         ]
-        layers = list(ctx.header_extra.get("layers") or [])  # every top-level layer, parameter-free ones too
+        layers = info.layers  # every top-level layer, parameter-free ones too
         self._depth_keys = {
             field: [f"gradients/{_DEPTH_SECTION.get(field, field)}/{layer}" for layer in layers]
             for field in LAYER_COLUMNS
         }
-        self._place_markers(trainer)
+        self._place_markers(info.callbacks)
         whose = "new run" if self.owns_run else "active run"
         LOGGER.info(f"{PREFIX}streaming to W&B {whose} {getattr(run, 'name', None) or getattr(run, 'id', '')!r} (x-axis {STEP_KEY})")
 
-    def log_step(self, stats: StepStats, record: dict, n_flagged: int) -> None:
+    def log_step(self, record: dict, n_flagged: int) -> None:
         self._log(self._row(record, n_flagged))
         self.steps_logged += 1
         self.last_step = int(record["step"])
@@ -197,18 +195,19 @@ class WandbSink(Sink):
         self.run.alert(title=f"gradmon: {flag.kind} gradients in {flag.module}", text=_alert_text(flag), level=level)
         self.alerts_sent += 1
 
-    def epoch_end(self, epoch: int, step: int) -> None:
+    def epoch_end(self, epoch: int, step: int, history: History) -> None:
         self._drain()
         every = self.cfg.wandb_media_every
-        final = getattr(self.ctx.trainer, "epochs", None)
+        final = self.info.epochs
         if every > 0 and epoch % every == 0 and not (isinstance(final, int) and epoch >= final):
             flags = [f.to_dict() for f in self.flags.values()]
-            self._log(self._media_row(flags, epoch))  # the train-end media cover the last epoch
+            self._log(self._media_row(history.records, flags, epoch))  # the train-end media cover the last epoch
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, summary: dict, history: History) -> None:
         self._row_open = False  # train end: Ultralytics' last row was committed in on_fit_epoch_end
         self._drain()
-        self._log(self._media_row(summary.get("flags") or [], None, summary.get("media")))  # resumed flags too
+        flags = summary.get("flags") or []  # resumed flags too
+        self._log(self._media_row(history.records, flags, None, summary.get("media")))
         self.run.summary.update(_summary_fields(summary, self.alerts_sent))
         self._finished = True
         if self.owns_run:
@@ -269,12 +268,12 @@ class WandbSink(Sink):
             self.run.log(self._queue.pop(0))
 
     # ------------------------------------------------------------------ media
-    def _media_row(self, flags: list[dict], epoch: int | None, rendered: dict | None = None) -> dict:
+    def _media_row(self, records: list[dict], flags: list[dict], epoch: int | None, rendered: dict | None = None) -> dict:
         """Heatmap, curves and flags table (``flags``: ``Flag.to_dict()`` rows) of everything logged so far
         (``epoch``: a periodic one)."""
-        from .. import report  # matplotlib: imported only when media are drawn
+        from . import figures  # matplotlib: imported only when media are drawn
 
-        ctx = self.ctx
+        info = self.info
         out = self._media_path()
         if epoch is not None:  # periodic media: kept apart from the final heatmap.png / curves.png
             out, tag, when = out / "wandb_media", f"_epoch{epoch:04d}", f" (after epoch {epoch})"
@@ -283,14 +282,14 @@ class WandbSink(Sink):
         if rendered and all(Path(rendered.get(k, "")).is_file() for k in ("heatmap", "curves")):
             heat, curves = Path(rendered["heatmap"]), Path(rendered["curves"])  # the monitor's local PNGs
         else:
-            frame = module_frame(ctx.records, ctx.modules)  # the monitor's records, resumed ones too
+            frame = module_frame(records, info.modules)  # the monitor's records, resumed ones too
             flagged = sorted({f["module"] for f in flags})
-            what = Path(str(ctx.model_name)).name
-            heat = report.heatmap_png(
-                frame, ctx.modules, out / f"heatmap{tag}.png", column="grad_norm",
-                title=f"Gradient flow: ‖grad‖ per module, {what}{when}", flagged=flagged
+            what = Path(info.model_name).name
+            heat = figures.heatmap_png(
+                frame, info.modules, out / f"heatmap{tag}.png", column="grad_norm",
+                title=f"Parameter-gradient norm ‖grad‖ per module, {what}{when}", flagged=flagged
             )
-            curves = report.curves_png(frame, ctx.modules, out / f"curves{tag}.png", column="grad_norm")
+            curves = figures.curves_png(frame, info.modules, out / f"curves{tag}.png", column="grad_norm")
         rows = [
             [f["kind"], f["module"], int(f["first_step"]), int(f["last_step"]), bool(f.get("active", True)),
              dumps(f.get("evidence") or {})]
@@ -307,7 +306,7 @@ class WandbSink(Sink):
 
     def _media_path(self) -> Path:
         if self._media_dir is None:
-            out = Path(self.ctx.out_dir)
+            out = Path(self.info.out_dir)
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 ok = os.access(out, os.W_OK)
@@ -317,27 +316,26 @@ class WandbSink(Sink):
         return self._media_dir
 
     # ------------------------------------------------------------------ run and trainer plumbing
-    def _init_kwargs(self, ctx: RunContext, gradmon: dict) -> dict:
-        args = getattr(ctx.trainer, "args", None)
-        project = getattr(args, "project", None) or "Ultralytics"
-        name = getattr(args, "name", None) or Path(ctx.save_dir).name
-        config = {**(vars(args) if args is not None else {}), **gradmon}
+    def _init_kwargs(self, info: RunInfo, gradmon: dict) -> dict:
+        args = info.trainer_args
+        project = args.get("project") or "Ultralytics"
+        name = args.get("name") or Path(info.save_dir).name
+        config = {**args, **gradmon}
         kwargs = dict(
             project=re.sub(r"[/\\#?%:]", "-", str(project))[-128:],  # as Ultralytics' callback names it
             name=str(name),
             config=config,
             job_type="train",
-            dir=str(ctx.save_dir),
+            dir=str(info.save_dir),
         )
-        if ctx.resumed:  # continue the run of the interrupted training (the newest one in save_dir/wandb)
-            runs = (Path(ctx.save_dir) / "wandb").glob("*run-*/run-*.wandb")
+        if info.resumed:  # continue the run of the interrupted training (the newest one in save_dir/wandb)
+            runs = (Path(info.save_dir) / "wandb").glob("*run-*/run-*.wandb")
             last = max(runs, key=lambda f: f.stat().st_mtime, default=None)
             if last is not None:
                 kwargs.update(id=last.stem[4:], resume="allow")
         return kwargs
 
-    def _hook_teardown(self, trainer) -> None:
-        callbacks = getattr(trainer, "callbacks", None)
+    def _hook_teardown(self, callbacks: dict | None) -> None:
         if callbacks is None:
             return
         sink = self
@@ -352,10 +350,9 @@ class WandbSink(Sink):
 
         callbacks.setdefault("teardown", []).append(gradmon_wandb_teardown)
 
-    def _place_markers(self, trainer) -> None:
+    def _place_markers(self, callbacks: dict | None) -> None:
         """Track Ultralytics' uncommitted W&B row: open after their ``on_train_epoch_end``, closed after their
         ``on_fit_epoch_end`` (the markers only set a flag: they cannot fail)."""
-        callbacks = getattr(trainer, "callbacks", None)
         if callbacks is None:
             return
         sink = self
@@ -376,10 +373,8 @@ class WandbSink(Sink):
 # ---------------------------------------------------------------------------------------------- helpers
 def _num(v) -> float:
     """A finite float, or NaN for None/NaN/Inf (the local log's null)."""
-    if v is None:
-        return _NAN
-    v = float(v)
-    return v if math.isfinite(v) else _NAN
+    v = finite_or_none(v)
+    return _NAN if v is None else v
 
 
 def _alert_text(flag: Flag) -> str:
@@ -393,7 +388,7 @@ def _alert_text(flag: Flag) -> str:
     what = {
         "nonfinite": "non-finite (NaN/Inf) gradient values",
         "exploding": "gradient norm far above its running median",
-        "vanishing": "gradient/update far below the weights",
+        "vanishing": "gradient flow relative to the head (or grad/weight) far below its healthy range",
     }.get(flag.kind, flag.kind)
     return (
         f"Layer {flag.module}: {what} at optimizer step {flag.first_step}. " + ", ".join(parts)
@@ -412,7 +407,7 @@ def _summary_fields(summary: dict, alerts_sent: int) -> dict:
         "gradmon/alerts_sent": int(alerts_sent),
         "gradmon/complete": bool(summary.get("complete")),
     }
-    for kind in ("nonfinite", "exploding", "vanishing", "dead"):
+    for kind in KINDS:
         out[f"gradmon/n_{kind}"] = sum(1 for f in flags if f.get("kind") == kind)
     stats = [s for s in summary.get("module_stats") or [] if s.get("median_grad_to_weight") is not None]
     g2w = [(float(s["median_grad_to_weight"]), s["module"]) for s in stats if math.isfinite(s["median_grad_to_weight"])]

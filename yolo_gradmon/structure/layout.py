@@ -1,4 +1,4 @@
-"""Which parameters belong to which monitored module, at each granularity.
+"""Which parameters belong to which monitored module, at each granularity, and the model's top-level layers.
 
 ``layer``  : each top-level ``model.model[i]`` of an Ultralytics model, keyed ``"02.C3k2"``;
 ``module`` : each module that owns parameters directly (conv, bn, linear, ...), keyed
@@ -16,7 +16,7 @@ import re
 import torch
 from torch import nn
 
-from .config import GRANULARITIES
+from ..config import GRANULARITIES
 
 _LAYER_RE = re.compile(r"^model\.(\d+)(?:\.(.*))?$")
 
@@ -48,7 +48,8 @@ class ModuleLayout:
         return len(self.names)
 
 
-def _top_layers(model: nn.Module) -> nn.Module | None:
+def top_layers(model: nn.Module) -> nn.ModuleList | nn.Sequential | None:
+    """An Ultralytics model's list of top-level layers (``model.model``), or None for another ``nn.Module``."""
     seq = getattr(model, "model", None)
     return seq if isinstance(seq, (nn.Sequential, nn.ModuleList)) else None
 
@@ -58,11 +59,35 @@ def layer_key(index: int, module: nn.Module, width: int = 2) -> str:
     return f"{index:0{width}d}.{type(module).__name__}"
 
 
+def layer_names(model: nn.Module) -> list[str]:
+    """Keys of every top-level layer (with or without parameters), e.g. ``"12.Concat"``; same format as the layout."""
+    layers = top_layers(model)
+    if layers is None:
+        return []
+    width = max(2, len(str(len(layers) - 1)))
+    return [layer_key(i, m, width) for i, m in enumerate(layers)]
+
+
+def layer_sources(model: nn.Module) -> list[list[int]]:
+    """For each top-level layer, the indices of the layers whose outputs it consumes (Ultralytics' ``.f``;
+    -1 = previous layer, resolved). Layer 0 consumes the image (``[]``). Without ``.f`` a plain chain is assumed."""
+    layers = top_layers(model)
+    if layers is None:
+        return []
+    out = []
+    for i, m in enumerate(layers):
+        f = getattr(m, "f", -1)
+        fs = [f] if isinstance(f, int) else list(f)
+        src = sorted({(i + j if j < 0 else j) for j in fs})
+        out.append([s for s in src if 0 <= s < i])
+    return out
+
+
 def build_layout(model: nn.Module, granularity: str = "layer") -> ModuleLayout:
     """Group ``model``'s parameters (an unwrapped Ultralytics model or any ``nn.Module``)."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
-    layers = _top_layers(model)
+    layers = top_layers(model)
     width = max(2, len(str(len(layers) - 1))) if layers is not None else 2
     owner = {id(p): mname for mname, m in model.named_modules() for _, p in m.named_parameters(recurse=False)}
 

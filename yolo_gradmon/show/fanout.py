@@ -1,0 +1,38 @@
+"""The monitor's sinks, in order: the local files first (a failure there is an error), then W&B and any extra sink,
+then the console; each guarded, so a failing sink is disabled with one message and training goes on."""
+
+from __future__ import annotations
+
+from ultralytics.utils import LOGGER
+
+from ..config import PREFIX, GradmonConfig
+from .console import ConsoleSink
+from .local import LocalSink
+from .sink import GuardedSink, Sink
+
+
+class Fanout:
+    """Hands every monitor event to every enabled sink."""
+
+    def __init__(self, cfg: GradmonConfig, extra: list[Sink] = ()):
+        local = GuardedSink(LocalSink(), error=True)
+        self.local = local
+        console = ConsoleSink(table=cfg.console, local_ok=lambda: local.enabled)
+        self.sinks = [local, *(GuardedSink(s) for s in [*extra, *_wandb(cfg)]), GuardedSink(console)]
+
+    def __call__(self, event: str, *args) -> None:
+        for sink in self.sinks:
+            sink.call(event, *args)
+
+
+def _wandb(cfg: GradmonConfig) -> list[Sink]:
+    if not cfg.wandb:
+        return []
+    try:
+        from .wandb import make_wandb_sink
+
+        sink = make_wandb_sink(cfg)
+    except Exception as e:  # noqa: BLE001 - no W&B never stops training
+        LOGGER.warning(f"{PREFIX}W&B sink unavailable ({type(e).__name__}: {e}); logging locally only.")
+        return []
+    return [sink] if sink is not None else []
