@@ -1,8 +1,11 @@
-"""``yolo-gradmon``: train | demo | report | ablate.
+"""``yolo-gradmon``: train | demo | report | ablate | sweep-run.
 
 Arguments follow ``yolo train``: ``key=value`` pairs go to Ultralytics unchanged, except those prefixed
 ``gradmon_`` (``gradmon_log_every=5``, ``gradmon_granularity=module``, ``gradmon_config=my.yaml``),
-which configure the monitor and are validated before anything trains.
+which configure the monitor. Every argument is validated before anything trains; a user mistake is
+ONE line on stderr and exit status 2 (never a traceback). ``yolo-gradmon <command> --help`` lists every
+monitor option with its default and meaning, built from :mod:`yolo_gradmon.config` (the same source as
+``configs/default.yaml``).
 """
 
 from __future__ import annotations
@@ -11,14 +14,99 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import GradmonConfigError, config_from_cli, split_cli_args
-from .logfile import LogSchemaError
+from .config import (
+    CLI_PREFIX,
+    GradmonConfig,
+    GradmonConfigError,
+    config_from_cli,
+    did_you_mean,
+    options_help,
+    split_cli_args,
+)
+from .record.logfile import LogSchemaError
 
-USAGE = """yolo-gradmon train  model=yolo26n.yaml data=coco8.yaml epochs=10 imgsz=320 [gradmon_<option>=value ...]
-yolo-gradmon demo   [key=value ...]            # YOLO26n on COCO8 (or generated data offline), then a report
-yolo-gradmon report <save_dir>                 # rebuild parquet/summary/PNGs/HTML from gradmon/gradients.jsonl
-yolo-gradmon ablate <grid.yaml> [key=value ...] [--sweep]
-yolo-gradmon sweep-run grid=<grid.yaml> <axis>=<value> ...   # one sweep run (what `wandb agent` calls)"""
+PROG = "yolo-gradmon"
+COMMANDS: dict[str, str] = {  # command -> its one line in `yolo-gradmon --help`
+    "train": "train a YOLO model with the gradient monitor attached",
+    "demo": "YOLO26n on COCO8 (or generated data offline) for 10 epochs, then an HTML report",
+    "report": "rebuild a run's parquet/summary/PNGs/HTML from its gradmon/gradients.jsonl",
+    "ablate": "train every variant of an ablation grid (activation, shortcut, norm, ...) and compare them",
+    "sweep-run": "train one variant of a W&B sweep (the command 'wandb agent' runs)",
+}
+USAGES: dict[str, str] = {
+    "train": f"{PROG} train model=yolo26n.yaml data=coco8.yaml epochs=10 imgsz=320 [key=value ...] "
+             f"[{CLI_PREFIX}<option>=value ...]",
+    "demo": f"{PROG} demo [key=value ...] [{CLI_PREFIX}<option>=value ...]",
+    "report": f"{PROG} report <save_dir>",
+    "ablate": f"{PROG} ablate <grid.yaml> [key=value ...] [{CLI_PREFIX}<option>=value ...] [--sweep]",
+    "sweep-run": f"{PROG} sweep-run grid=<grid.yaml> <axis>=<value> ... [{CLI_PREFIX}<option>=value ...]",
+}
+USAGE = "\n".join(USAGES.values())
+
+_MONITOR_OPTIONS = f"""monitor options ({CLI_PREFIX}<option>=<default>; the defaults of configs/default.yaml):
+{options_help(CLI_PREFIX)}"""
+
+_EPILOGS: dict[str, str] = {
+    "train": f"""trainer arguments: any key 'yolo cfg' lists (model, data, epochs, imgsz, batch, device, project, name, ...),
+  passed to Ultralytics unchanged; model defaults to yolo26n.yaml.
+
+{_MONITOR_OPTIONS}""",
+    "demo": f"""trainer arguments default to: data=coco8.yaml (a generated 2-class dataset when COCO8 is not in the
+  Ultralytics datasets dir), epochs=10 imgsz=320 batch=8 nbs=8 project=runs/gradmon name=demo plots=False.
+
+{_MONITOR_OPTIONS}""",
+    "report": """<save_dir> is a training run's directory (holding gradmon/), its gradmon/ directory or the
+gradients.jsonl itself; the report works for a run killed mid-training too.""",
+    "ablate": f"""key=value overrides: a trainer argument replaces the grid's base (epochs=1), project=/name= place the
+  ablation, an axis collapses to the given value (activation=relu). In the grid file the monitor options go in
+  its 'gradmon' section WITHOUT the prefix; on the command line they carry it and override that section.
+
+{_MONITOR_OPTIONS}""",
+    "sweep-run": f"""Written by '{PROG} ablate <grid.yaml> --sweep' into sweep.yaml and run by 'wandb agent': the pairs are
+grid=<grid.yaml>, one <axis>=<value> per axis of the grid, and optionally project=, name= and
+{CLI_PREFIX}<option>= (see '{PROG} train --help' for every monitor option).""",
+}
+
+_TOP_DESCRIPTION = f"""Gradient monitoring for Ultralytics YOLO training: per-layer gradient statistics,
+vanishing/exploding flags with their cause, W&B streaming and activation ablations.
+
+commands:
+{chr(10).join(f'  {name:<11}{line}' for name, line in COMMANDS.items())}"""
+_TOP_EPILOG = f"""key=value pairs follow 'yolo train': they go to Ultralytics unchanged, except the monitor options,
+written {CLI_PREFIX}<option>=value ({CLI_PREFIX}log_every=5, {CLI_PREFIX}config=my.yaml).
+Run '{PROG} <command> --help' for a command's arguments and every monitor option."""
+
+
+class _UsageError(Exception):
+    """A command-line mistake argparse found (reported as one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message over several lines; one line instead
+        message = message.replace(", key=value", "")  # an optional `key=value ...` is never missing
+        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog=PROG, usage=f"{PROG} <command> [key=value ...]", formatter_class=raw,
+                     description=_TOP_DESCRIPTION, epilog=_TOP_EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, help=argparse.SUPPRESS, parser_class=_Parser)
+
+    def add(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, prog=f"{PROG} {name}", usage=USAGES[name], description=COMMANDS[name][:1].upper()
+                              + COMMANDS[name][1:] + ".", epilog=_EPILOGS[name], formatter_class=raw)
+
+    for name in ("train", "demo"):
+        add(name).add_argument("pairs", nargs="*", metavar="key=value",
+                               help="trainer arguments and monitor options (below)")
+    add("report").add_argument("path", metavar="save_dir", help="the training run to report on")
+    p = add("ablate")
+    p.add_argument("grid", metavar="grid.yaml", help="the ablation grid (base trainer args, axes, gradmon options)")
+    p.add_argument("pairs", nargs="*", metavar="key=value", help="overrides of the grid (below)")
+    p.add_argument("--sweep", action="store_true", help="write a W&B Sweep config for the grid instead of training")
+    add("sweep-run").add_argument("pairs", nargs="*", metavar="key=value", help="the run's sweep parameters")
+    return parser
 
 
 def parse_pairs(pairs: list[str]) -> dict:
@@ -36,10 +124,74 @@ def parse_pairs(pairs: list[str]) -> dict:
     return out
 
 
+def _raw_values(pairs: list[str]) -> dict[str, str]:
+    """``key -> value`` as typed (for messages that tell the user what to write instead)."""
+    return {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in pairs if "=" in p}
+
+
+def _trainer_keys() -> set[str]:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return set(DEFAULT_CFG_DICT) | {"augmentations", "save_dir"}  # check_dict_alignment's allowed extras
+
+
+def _check_unprefixed(args: dict, raw: dict[str, str], also_valid: set[str] = frozenset()) -> None:
+    """A monitor option written without ``gradmon_``: say how to write it."""
+    options = {f.name for f in _config_fields()}
+    for key in args:
+        if key in options and key not in also_valid and key not in _trainer_keys():
+            raise GradmonConfigError(f"{key} is a gradmon option: write {CLI_PREFIX}{key}={raw.get(key, args[key])}")
+
+
+def _config_fields():
+    import dataclasses
+
+    return dataclasses.fields(GradmonConfig)
+
+
+def _is_deprecated_key(key: str, value) -> bool:
+    """True when Ultralytics still accepts ``key`` as a deprecated alias (it renames it with a warning)."""
+    try:
+        from ultralytics.cfg import _handle_deprecation
+        from ultralytics.utils import LOGGER
+
+        disabled, LOGGER.disabled = LOGGER.disabled, True  # the trainer warns once; not twice
+        try:
+            return key not in _handle_deprecation({key: value})
+        finally:
+            LOGGER.disabled = disabled
+    except Exception:  # noqa: BLE001 - a private helper: when it changes, the key is simply unknown
+        return False
+
+
+def check_trainer_args(args: dict, raw: dict[str, str]) -> None:
+    """Validate Ultralytics trainer arguments the way ``get_cfg`` will, but as one line with a suggestion.
+
+    Ultralytics' ``check_dict_alignment`` would print its 60-line CLI help and raise a ``SyntaxError``
+    inside the trainer, after the model is built; this runs first. Types and ranges use Ultralytics'
+    own ``check_cfg`` (on a copy: it converts in place).
+    """
+    from ultralytics.cfg import check_cfg
+
+    _check_unprefixed(args, raw)
+    valid = _trainer_keys()
+    for key, value in args.items():
+        if key not in valid and not _is_deprecated_key(key, value):
+            names = sorted(valid) + [f"{CLI_PREFIX}{f.name}" for f in _config_fields()]
+            raise GradmonConfigError(f"{key!r} is not an Ultralytics trainer argument{did_you_mean(key, names)}; "
+                                     "every argument: yolo cfg")
+    known = {k: v for k, v in args.items() if k in valid}
+    try:
+        check_cfg(dict(known))
+    except (TypeError, ValueError) as e:
+        raise GradmonConfigError(str(e).strip().replace("\n", " ")) from None
+
+
 def train(pairs: list[str], demo: bool = False) -> int:
     """Train with the monitor attached; returns a process exit code."""
     gradmon_args, trainer_args = split_cli_args(parse_pairs(pairs))
     cfg = config_from_cli(gradmon_args)  # validated before Ultralytics starts
+    check_trainer_args(trainer_args, _raw_values(pairs))
     from ultralytics import YOLO
 
     from .monitor import GradientMonitor
@@ -58,7 +210,7 @@ def train(pairs: list[str], demo: bool = False) -> int:
     monitor = GradientMonitor(cfg).attach(model)
     model.train(**trainer_args)
     if demo and monitor.out_dir is not None:
-        from .report import render_report
+        from .show.report import render_report
 
         html = render_report(monitor.out_dir)
         print(f"gradmon: report {html}")
@@ -66,43 +218,49 @@ def train(pairs: list[str], demo: bool = False) -> int:
 
 
 def report(path: str) -> int:
-    from .report import render_report
+    from .show.report import render_report
 
     html = render_report(path)
     print(f"gradmon: report {html}")
     return 0
 
 
+def _ablate_extra_keys() -> set[str]:
+    """Override keys of ``ablate``/``sweep-run`` that are not trainer arguments (axes, grid placement)."""
+    from .ablate.grid import AXES, MODIFICATION_KEYS, SWEEP_AXES_KEY
+
+    return set(AXES) | set(MODIFICATION_KEYS) | {"project", "name", "grid", SWEEP_AXES_KEY}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="yolo-gradmon", usage=USAGE, description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("train", "demo"):
-        p = sub.add_parser(name)
-        p.add_argument("pairs", nargs="*", metavar="key=value")
-    p = sub.add_parser("report")
-    p.add_argument("path")
-    p = sub.add_parser("ablate")
-    p.add_argument("grid")
-    p.add_argument("pairs", nargs="*", metavar="key=value")
-    p.add_argument("--sweep", action="store_true", help="write a W&B Sweep config for the grid instead of training")
-    p = sub.add_parser("sweep-run", help="train one variant of a W&B sweep (the command a sweep config names)")
-    p.add_argument("pairs", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    """Run ``yolo-gradmon``; returns the exit status (2 for a user mistake, reported as one line on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
     try:
+        if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+            raise _UsageError(f"{PROG}: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}; "
+                              f"commands: {', '.join(COMMANDS)}")
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help
+            return e.code if isinstance(e.code, int) else 0
         if args.command in ("train", "demo"):
             return train(args.pairs, demo=args.command == "demo")
         if args.command == "report":
             return report(args.path)
+        overrides = parse_pairs(args.pairs)
+        _check_unprefixed(overrides, _raw_values(args.pairs), also_valid=_ablate_extra_keys())
+        config_from_cli(split_cli_args(overrides)[0])  # gradmon_* overrides, named as typed in any error
         if args.command == "sweep-run":
             from .ablate.runner import sweep_train
 
-            sweep_train(parse_pairs(args.pairs), start_run=True)
+            sweep_train(overrides, start_run=True)
             return 0
         from .ablate.runner import main as ablate_main
 
-        return ablate_main(args.grid, parse_pairs(args.pairs), sweep=args.sweep)
-    except (GradmonConfigError, LogSchemaError, FileNotFoundError) as e:
-        print(f"yolo-gradmon: error: {e}", file=sys.stderr)
+        return ablate_main(args.grid, overrides, sweep=args.sweep)
+    except (_UsageError, GradmonConfigError, LogSchemaError, FileNotFoundError) as e:
+        print(str(e).strip().replace("\n", " "), file=sys.stderr)
         return 2
 
 

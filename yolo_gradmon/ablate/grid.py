@@ -28,7 +28,6 @@ value by an override, so a re-run with ``activation=relu`` finds the same direct
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import re
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..config import CLI_PREFIX, GradmonConfig, GradmonConfigError
+from ..config import CLI_PREFIX, GradmonConfig, GradmonConfigError, did_you_mean
 from .swaps import canonical_activation
 
 __all__ = [
@@ -183,11 +182,6 @@ def _trainer_keys() -> frozenset[str]:
     return frozenset(DEFAULT_CFG_DICT) | {"augmentations"}
 
 
-def _suggest(key: str, valid) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _canonical(axis: str, value: Any, where: str) -> Any:
     """Canonical form of one axis value, or GridError."""
     if axis == "activation":
@@ -222,7 +216,8 @@ def _check_trainer_args(args: Mapping[str, Any], where: str) -> None:
     valid = _trainer_keys()
     for key in args:
         if key not in valid:
-            raise GridError(f"{where}: unknown trainer argument {key!r}{_suggest(key, valid | set(MODIFICATION_KEYS))}")
+            hint = did_you_mean(key, valid | set(MODIFICATION_KEYS))
+            raise GridError(f"{where}: unknown trainer argument {key!r}{hint}")
     from ultralytics.cfg import check_cfg
 
     try:
@@ -264,7 +259,7 @@ def parse_grid(data: Any, overrides: Mapping[str, Any] | None = None, *, path: s
         raise GridError(f"{src}: expected a mapping with 'base' and 'axes', got {type(data).__name__}")
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            raise GridError(f"{src}: unknown top-level key {key!r}{_suggest(str(key), TOP_LEVEL_KEYS)}; "
+            raise GridError(f"{src}: unknown top-level key {key!r}{did_you_mean(str(key), TOP_LEVEL_KEYS)}; "
                             f"valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     base_in = data.get("base") or {}
     if not isinstance(base_in, Mapping):
@@ -285,7 +280,7 @@ def parse_grid(data: Any, overrides: Mapping[str, Any] | None = None, *, path: s
     for axis, values in axes_in.items():
         where = f"{src}: axes.{axis}"
         if axis not in AXES:
-            raise GridError(f"{src}: unknown axis {axis!r}{_suggest(str(axis), AXES)}; valid axes: {', '.join(AXES)}")
+            raise GridError(f"{src}: unknown axis {axis!r}{did_you_mean(str(axis), AXES)}; valid axes: {', '.join(AXES)}")
         if axis in plain_over:  # CLI override collapses the axis
             over = plain_over.pop(axis)
             values, where = (over if isinstance(over, list) else [over]), f"override {axis}={over!r}"
