@@ -11,6 +11,14 @@ health on every 10th logged step, so each repetition times 10 of its steps).
     python benchmarks/overhead.py --model yolo26n.yaml --batch 16 --imgsz 640
     python benchmarks/overhead.py --model yolo11n.yaml --batch 1 --imgsz 320 --reps 15
     python benchmarks/overhead.py --scaling          # capture cost vs parameter count (n/s/m) + memory bandwidth
+    python benchmarks/overhead.py --model yolo26n.yaml --batch 1 --imgsz 320 --data coco8.yaml \
+        --variants default --no-watch --wandb-sink-file /tmp/old_wandb.py   # W&B sink: this one vs another copy
+
+The W&B sink's own cost per logged step (``wandb_sink_s``: time inside ``WandbSink.log_step``, the ``run.log`` of
+its row included) is timed directly in the variants that stream to W&B (``default``, ``all-signals``). With
+``--wandb-sink-file`` a copy of ``yolo_gradmon/show/wandb.py`` from elsewhere (e.g. an older version) runs as the
+extra variant ``<variant>@alt`` of each W&B variant, interleaved with the installed one, so both are measured
+under the same machine load.
 
 Writes a JSON file (``--out``, default ``benchmarks/results/overhead-<model>-b<batch>-<imgsz>.json``).
 Needs COCO8 or COCO128 in the Ultralytics datasets dir (``yolo settings datasets_dir=...``).
@@ -113,15 +121,15 @@ class HookClock:
 
     On the CPU a hook's kernels run synchronously, so the wall time inside it is its full cost; on CUDA it
     is only the launch cost (read the step ratio there). Installed by patching the hook factories/methods
-    of :class:`~yolo_gradmon.flow.FlowHooks` and :class:`~yolo_gradmon.health.ActivationHealth`.
+    of :class:`~yolo_gradmon.measure.flow.FlowHooks` and :class:`~yolo_gradmon.measure.health.ActivationHealth`.
     """
 
     seconds = 0.0
 
     @classmethod
     def install(cls) -> None:
-        from yolo_gradmon.flow import FlowHooks
-        from yolo_gradmon.health import ActivationHealth
+        from yolo_gradmon.measure.flow import FlowHooks
+        from yolo_gradmon.measure.health import ActivationHealth
 
         def timed(fn):
             def wrapper(*a, **k):
@@ -168,6 +176,43 @@ class WatchClock:
         TorchHistory.log_tensor_stats = timed
 
 
+class SinkClock:
+    """Time spent inside the W&B sink's ``log_step`` (building its row and ``run.log``), per logged step."""
+
+    seconds = 0.0
+
+    @classmethod
+    def install(cls, *classes) -> None:
+        def timed(fn):
+            def wrapper(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    cls.seconds += time.perf_counter() - t0
+
+            return wrapper
+
+        for klass in classes:
+            klass.log_step = timed(klass.log_step)
+
+
+def load_alt_sink(path: str):
+    """A copy of ``yolo_gradmon/show/wandb.py`` loaded beside the installed one (same package, other name)."""
+    import importlib.util
+    import sys
+
+    name = "yolo_gradmon.show._wandb_alt"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ALT_SINK = None  # the module loaded by --wandb-sink-file
+
+
 def closure_swap(fn, old, new):
     for cell in fn.__closure__ or ():
         if cell.cell_contents is old:
@@ -176,9 +221,11 @@ def closure_swap(fn, old, new):
 
 # the monitor variants: options on top of the defaults (configs/default.yaml)
 VARIANTS = {
-    "default": {},  # layer granularity, flow every 2nd step + activation health every 10th, local + W&B sinks
-    "all-signals": {"flow_every": 1, "health_every": 1},  # flow and activation health on every step, local + W&B
-    "layer-grads": {"flow": False, "activation_health": False, "wandb": False},
+    "default": {},  # layer granularity, flow every 2nd pass, health and update ratio every 10th step, local + W&B sinks
+    "all-signals": {"flow_every": 1, "health_every": 1, "update_every": 1},  # every signal on every step, local + W&B
+    "layer-grads": {"flow": False, "activation_health": False, "wandb": False},  # parameter statistics only
+    "layer-grads-update1": {"flow": False, "activation_health": False, "wandb": False, "update_every": 1},
+    "layer-grads-noupdate": {"flow": False, "activation_health": False, "wandb": False, "update_ratio": False},
     "layer-local": {"wandb": False},  # the default without the W&B sink
     "layer-flow": {"activation_health": False, "wandb": False, "flow_every": 1},
     "layer-health": {"flow": False, "wandb": False, "health_every": 1},
@@ -205,9 +252,20 @@ def variant(name: str, tr, workdir: Path):
         finally:
             wandb.unwatch(tr.model)
         return
-    mon = GradientMonitor(console=False, **VARIANTS[name])
+    base_name, alt = (name[:-4], True) if name.endswith("@alt") else (name, False)
+    mon = GradientMonitor(console=False, **VARIANTS[base_name])
     tr.save_dir = workdir / name
-    mon.on_train_start(tr)
+    if alt:  # the sink is made in on_train_start: hand it the other copy's factory meanwhile
+        import yolo_gradmon.show.wandb as installed
+
+        own = installed.make_wandb_sink
+        installed.make_wandb_sink = ALT_SINK.make_wandb_sink
+        try:
+            mon.on_train_start(tr)
+        finally:
+            installed.make_wandb_sink = own
+    else:
+        mon.on_train_start(tr)
     mon.on_train_epoch_start(tr)
     timer = Timer()
     timer.wrap(tr)
@@ -224,10 +282,12 @@ def timed_steps(name: str, steps: int) -> int:
     (the default's activation health), so the mean over them is the amortized cost."""
     from yolo_gradmon.config import GradmonConfig
 
+    name = name[:-4] if name.endswith("@alt") else name
     if name not in VARIANTS:
         return steps
     cfg = GradmonConfig(**VARIANTS[name])
-    cycle = math.lcm(cfg.flow_every if cfg.flow else 1, cfg.health_every if cfg.activation_health else 1)
+    cycle = math.lcm(cfg.flow_every if cfg.flow else 1, cfg.health_every if cfg.activation_health else 1,
+                     cfg.update_every if cfg.update_ratio else 1)
     cycle *= cfg.log_every
     return cycle * -(-steps // cycle)
 
@@ -237,14 +297,25 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     HookClock.install()
     WatchClock.install()
+    global ALT_SINK
+    from yolo_gradmon.show.wandb import WandbSink
+
+    sink_classes = [WandbSink]
+    if args.wandb_sink_file:
+        ALT_SINK = load_alt_sink(args.wandb_sink_file)
+        sink_classes.append(ALT_SINK.WandbSink)
+    SinkClock.install(*sink_classes)
     work = Path(tempfile.mkdtemp(prefix="gradmon-bench-"))
     tr = build_trainer(args.model, args.data, args.batch, args.imgsz, args.device, str(work))
     batch = fixed_batch(tr, args.batch)
     variants = ["plain", *(args.variants or VARIANTS)]
+    if ALT_SINK is not None:
+        variants += [f"{v}@alt" for v in variants if v in VARIANTS and VARIANTS[v].get("wandb", True)]
     if not args.no_watch:
         variants.append("wandb.watch")
     times = {v: [] for v in variants}
     added = {v: [] for v in variants}
+    sink_s = {v: [] for v in variants}
     for _ in range(2):  # warm-up
         train_step(tr, batch)
     for rep in range(args.reps):
@@ -258,6 +329,7 @@ def measure(args) -> dict:
                     if tr.device.type == "cuda":
                         torch.cuda.synchronize()
                     a0 = (timer.added if timer else 0.0) + HookClock.seconds
+                    s0 = SinkClock.seconds
                     w0 = WatchClock.seconds
                     t0 = time.perf_counter()
                     if timer:
@@ -268,6 +340,7 @@ def measure(args) -> dict:
                     times[v].append(time.perf_counter() - t0)
                     if timer:
                         added[v].append(timer.added + HookClock.seconds - a0)
+                        sink_s[v].append(SinkClock.seconds - s0)
                     if v == "wandb.watch":
                         added[v].append(WatchClock.seconds - w0)
         print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{v}={statistics.median(times[v]) * 1e3:.1f}ms" for v in variants), flush=True)
@@ -300,6 +373,10 @@ def measure(args) -> dict:
             if watch_own:
                 # both timed directly (robust to machine noise): watch's gradient hooks vs the monitor's own time
                 row["watch_own_over_monitor_added"] = watch_own / a if a > 0 else None
+            if any(sink_s[v]):  # a variant streaming to W&B: the sink's own time per logged step
+                row["wandb_sink_s"] = statistics.mean(sink_s[v])
+                row["wandb_sink_median_s"] = statistics.median(sink_s[v])
+                row["wandb_sink_fraction"] = row["wandb_sink_s"] / base
         result["variants"][v] = row
     result["weight_copy_bytes"] = sum(p.numel() * p.element_size() for p in tr.model.parameters() if p.requires_grad)
     if tr.device.type == "cuda":
@@ -315,8 +392,8 @@ def scaling(args) -> dict:
     """Capture cost alone vs model size, against the machine's copy bandwidth measured in-process."""
     from ultralytics import YOLO
 
-    from yolo_gradmon.capture import GradientCapture
-    from yolo_gradmon.layout import build_layout
+    from yolo_gradmon.measure.params import GradientCapture
+    from yolo_gradmon.structure.layout import build_layout
 
     torch.set_num_threads(args.threads)
     src = torch.randn(64 * 2**20 // 4 * 4)  # 256 MB
@@ -367,6 +444,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-watch", action="store_true", help="skip the wandb.watch peer")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="monitor variants to run (default: all)")
+    ap.add_argument("--wandb-sink-file", default=None, metavar="PATH",
+                    help="also run each W&B variant with this copy of yolo_gradmon/show/wandb.py (variant <name>@alt), "
+                    "interleaved, to compare the W&B sink's cost per logged step (wandb_sink_s) side by side")
     ap.add_argument("--scaling", action="store_true", help="capture cost vs n/s/m scale and memory bandwidth")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -381,6 +461,8 @@ def main():
             add = f"{r['monitor_added_s'] * 1e3:.2f} ms ({r['monitor_added_fraction'] * 100:.2f}%)" if "monitor_added_s" in r else ""
             if "watch_own_s" in r:
                 add = f"hooks {r['watch_own_s'] * 1e3:.2f} ms ({r['watch_own_fraction'] * 100:.2f}%)"
+            if "wandb_sink_s" in r:
+                add += f"  W&B sink {r['wandb_sink_s'] * 1e3:.2f} ms/step (median {r['wandb_sink_median_s'] * 1e3:.2f})"
             print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} "
                   f"{r['mean_ratio_to_plain']:>10.3f} {add:>22}")
     if not args.scaling:

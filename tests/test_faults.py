@@ -733,7 +733,7 @@ def test_monitor_cloudpickle_round_trip():
     mon.extra_sinks += [RecordingSink(), UnpicklableSink()]
     with logged_records() as records:
         copy_ = cloudpickle.loads(cloudpickle.dumps(mon))
-    assert copy_.cfg == mon.cfg and copy_.out_dir is None and copy_._capture is None and not copy_._active
+    assert copy_.cfg == mon.cfg and copy_.out_dir is None and copy_._probe is None and not copy_._active
     assert [type(s) for s in copy_.extra_sinks] == [RecordingSink]
     assert sum("cannot be pickled" in w for w in gradmon_messages(records, logging.WARNING)) == 1
 
@@ -818,7 +818,7 @@ INVALID = [
     ({"log_every": -1}, "'log_every' must be >= 1", "got -1"),
     ({"vanish_grad_to_weight": float("nan")}, "'vanish_grad_to_weight' must be a finite number > 0", "got nan"),
     ({"explode_factor": float("inf")}, "'explode_factor' must be a finite number > 0", "got inf"),
-    ({"granularity": "block"}, "'granularity='block'' is invalid", "valid values: layer, module, param"),
+    ({"granularity": "block"}, "'granularity' got 'block'", "valid values: layer, module, param"),
 ]
 
 
