@@ -134,6 +134,16 @@ class GradmonConfig:
         return cls(**merged)
 
     @classmethod
+    def coerce(cls, config: "GradmonConfig | Mapping[str, Any] | str | Path | None" = None,
+               **overrides: Any) -> "GradmonConfig":
+        """Options from a config, a mapping, the path of a YAML file, or nothing, with keyword overrides on top."""
+        if isinstance(config, GradmonConfig):
+            return cls.from_dict(config.to_dict(), **overrides)
+        if isinstance(config, (str, Path)):
+            return cls.from_yaml(config, **overrides)
+        return cls.from_dict(config or {}, **overrides)
+
+    @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "GradmonConfig":
         """Load options from a YAML file (a flat mapping, same keys as ``configs/default.yaml``)."""
         data = yaml.safe_load(Path(path).read_text()) or {}

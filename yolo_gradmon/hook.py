@@ -122,6 +122,16 @@ def check_trainer(trainer) -> None:
         )
 
 
+def check_steps_reached(trainer, steps: int, batches: int) -> None:
+    """At the end of the first epoch: enough batches ran for an optimizer step, yet none reached the wrapper."""
+    if steps == 0 and batches >= max(1, int(getattr(trainer, "accumulate", 1) or 1)):
+        raise HookError(
+            f"{PREFIX}no optimizer step reached the monitor in epoch {trainer.epoch + 1} although {batches} batches "
+            "ran: this Ultralytics version no longer calls trainer.optimizer_step(). Please report it with your "
+            "ultralytics version."
+        )
+
+
 def dedupe_callbacks(trainer, monitor) -> None:
     """Keep one registration of each of ``monitor``'s callbacks (``add_callback`` called twice by hand)."""
     from ultralytics.utils import LOGGER

@@ -16,12 +16,12 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from . import hook
 from .config import PREFIX, GradmonConfig
-from .hook import HookError, StepHook
+from .hook import HookError, StepHook  # noqa: F401 - HookError is part of the monitor's API
 from .judge.rules import RuleEngine, StepView
 from .measure.params import StepStats, _scale_tensor
 from .measure.probe import ModelProbe
 from .measure.schedule import Schedule
-from .record.logfile import LOG_NAME, header_record, resume_log, step_record
+from .record.logfile import LOG_NAME, header_record, resume_log, step_record, train_facts
 from .record.tables import build_summary
 from .show.fanout import Fanout
 from .show.sink import History, RunInfo
@@ -51,13 +51,7 @@ class GradientMonitor:
     """
 
     def __init__(self, config: GradmonConfig | dict | str | Path | None = None, **options: Any):
-        if isinstance(config, GradmonConfig):
-            cfg = GradmonConfig.from_dict(config.to_dict(), **options)
-        elif isinstance(config, (str, Path)):
-            cfg = GradmonConfig.from_yaml(config, **options)
-        else:
-            cfg = GradmonConfig.from_dict(config or {}, **options)
-        self.cfg = cfg
+        self.cfg = GradmonConfig.coerce(config, **options)
         self.extra_sinks: list = []
         self._reset()
 
@@ -140,13 +134,14 @@ class GradientMonitor:
         self._trainer = trainer
         trainer._gradmon_owner = self
         self._probe = self._make_probe(trainer)
-        self._engine = self._make_engine()
+        L = self._probe.layout
+        self._engine = RuleEngine(L.names, L.trainable, self.cfg, L.layer_index, self._probe.depth.header())
         save_dir = Path(trainer.save_dir)
         self.out_dir = save_dir / OUT_DIRNAME
         resumed, start_step = self._resume(trainer)
         self._schedule = Schedule(self.cfg, start_step)
         header = header_record(hook.model_name(trainer), getattr(trainer.args, "task", None), self.cfg.granularity,
-                               self._probe.header_fields(), self.cfg.to_dict())
+                               self._probe.header_fields(), self.cfg.to_dict(), train=train_facts(trainer))
         self._run = RunInfo(header=header, cfg=self.cfg, save_dir=save_dir, out_dir=self.out_dir, resumed=resumed,
                             start_step=start_step, start_epoch=int(getattr(trainer, "start_epoch", 0)),
                             epochs=getattr(trainer, "epochs", None), trainer_args=dict(vars(trainer.args)),
@@ -189,12 +184,8 @@ class GradientMonitor:
             return
         sched = self._schedule
         self._fan_out("epoch_end", int(trainer.epoch) + 1, sched.step, History(self.records, self.flags))
-        if sched.steps_this_run == 0 and trainer.epoch == self._run.start_epoch and sched.batch + 1 >= max(1, trainer.accumulate):
-            raise HookError(
-                f"{PREFIX}no optimizer step reached the monitor in epoch {trainer.epoch + 1} although "
-                f"{sched.batch + 1} batches ran: this Ultralytics version no longer calls trainer.optimizer_step(). "
-                "Please report it with your ultralytics version."
-            )
+        if trainer.epoch == self._run.start_epoch:
+            hook.check_steps_reached(trainer, steps=sched.steps_this_run, batches=sched.batch + 1)  # HookError: loud
 
     def on_train_end(self, trainer) -> None:
         if self._run is None or self._finished:
@@ -258,10 +249,6 @@ class GradientMonitor:
         scale = lambda: _scale_tensor(getattr(trainer, "scaler", None))  # noqa: E731 - AMP scale of each backward
         return ModelProbe(unwrap_model(trainer.model), self.cfg, compiled=hook.compiled(trainer), scale_fn=scale)
 
-    def _make_engine(self) -> RuleEngine:
-        L = self._probe.layout
-        return RuleEngine(L.names, L.trainable, self.cfg, L.layer_index, self._probe.depth.header())
-
     def _model_replaced(self, trainer) -> None:
         """A callback replaced ``trainer.model`` mid-run: finish the old model's record, re-hook the new one."""
         self._flush()
@@ -280,9 +267,8 @@ class GradientMonitor:
         if not (getattr(trainer.args, "resume", False) and start_epoch > 0 and log_path.is_file()):
             return False, 0
         step, kept = resume_log(log_path, self._probe.layout.names, self.cfg.granularity, start_epoch)
-        for rec in kept:
-            self.records.append(rec)
-            self._engine.update(StepView.from_record(rec))
+        self.records += kept
+        self._engine.replay(kept)
         self.flags = list(self._engine.flags)
         LOGGER.info(f"{PREFIX}resuming {log_path} after optimizer step {step} (epoch {start_epoch})")
         return True, step

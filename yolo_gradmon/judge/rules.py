@@ -221,6 +221,11 @@ class RuleEngine:
             self.backwards_seen += max(1, view.flow_backwards)
         return new
 
+    def replay(self, records: Iterable[dict]) -> None:
+        """Consume logged ``step`` records in order (a resumed run's history, or a whole log)."""
+        for rec in records:
+            self.update(StepView.from_record(rec))
+
     def _with_last_health(self, view: StepView) -> StepView:
         """Activation health is sampled every ``health_every``-th logged step: a step without a sample judges the
         cause with the last one (its step is in the evidence as ``health_step``)."""
@@ -316,6 +321,5 @@ def evaluate(modules: Sequence[str], trainable: Sequence[bool], records: Iterabl
              layer_index: Sequence[int] | None = None, layers: dict | None = None) -> list[Flag]:
     """Replay logged ``step`` records through a fresh :class:`RuleEngine`; return every flag."""
     engine = RuleEngine(modules, trainable, cfg, layer_index, layers)
-    for rec in records:
-        engine.update(StepView.from_record(rec))
+    engine.replay(records)
     return engine.flags
