@@ -1,23 +1,27 @@
-"""The ablation runner end to end: a 3-variant activation grid on YOLO26n / COCO8, resume, bad grids, sweeps."""
+"""The ablation runner end to end: a 3-variant activation grid on YOLO26n / COCO8 run through the CLI with a relative
+project from a temporary working directory, resume, a missing log, bad grids, sweeps."""
 
 import json
+import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 from conftest import requires_coco8
 
+from yolo_gradmon import cli
 from yolo_gradmon.ablate.grid import GridError, load_grid
-from yolo_gradmon.ablate.runner import run_grid, sweep_train, write_sweep
+from yolo_gradmon.ablate.runner import STATUS_NAME, run_grid, sweep_train, write_comparison, write_sweep
 
 pytestmark = requires_coco8
 
 
 def grid_file(tmp_path, activations=("silu", "relu", "sigmoid"), **base):
     data = {
-        "base": {"model": "yolo26n.yaml", "data": "coco8.yaml", "epochs": 2, "imgsz": 160, "batch": 2, "nbs": 2,
+        "base": {"model": "yolo26n.yaml", "data": "coco8.yaml", "epochs": 2, "imgsz": 64, "batch": 2, "nbs": 2,
                  "seed": 0, "plots": False, "val": False, "workers": 0, "device": "cpu", **base},
         "axes": {"activation": list(activations)},
         "gradmon": {"log_every": 1, "wandb": False},
@@ -27,17 +31,65 @@ def grid_file(tmp_path, activations=("silu", "relu", "sigmoid"), **base):
     return p
 
 
+class Lines(logging.Handler):
+    """Collects the Ultralytics LOGGER's messages (it does not propagate to pytest's caplog)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
+    """``yolo-gradmon ablate grid.yaml project=runs/abl name=quick`` from a fresh working directory: a RELATIVE
+    project, which Ultralytics alone would nest under its runs_dir/<task>/."""
+    from ultralytics.utils import LOGGER
+
     tmp = tmp_path_factory.mktemp("abl")
     path = grid_file(tmp)
-    grid = load_grid(path, {"project": str(tmp / "runs"), "name": "quick"})
-    out = run_grid(grid)
-    return tmp, path, grid, out
+    cwd = tmp / "work"
+    cwd.mkdir()
+    handler = Lines()
+    LOGGER.addHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(cwd)
+            assert cli.main(["ablate", str(path), "project=runs/abl", "name=quick"]) == 0
+            grid = load_grid(path, {"project": "runs/abl", "name": "quick"})
+    finally:
+        LOGGER.removeHandler(handler)
+    out = cwd / "runs" / "abl" / "quick"
+    return tmp, path, grid, out, handler.lines
+
+
+def test_relative_project_lands_in_the_working_directory(ablation):
+    tmp, _, _, out, lines = ablation
+    assert (out / "ablation.html").is_file()
+    for act in ("silu", "relu", "sigmoid"):
+        status = json.loads((out / f"act-{act}" / STATUS_NAME).read_text())
+        assert Path(status["save_dir"]) == (out / f"act-{act}").resolve()  # where the trainer really wrote it
+        assert (Path(status["gradmon_dir"]) / "gradients.jsonl").is_file()
+    assert any(f"comparison: {(out / 'ablation.html').resolve()}" in line for line in lines), lines[-5:]
+    assert any("first layers receive" in line for line in lines)  # the finding is printed
+
+
+def test_page_embeds_every_variant_and_opens_with_the_finding(ablation):
+    _, _, _, out, _ = ablation
+    html = (out / "ablation.html").read_text()
+    for act in ("silu", "relu", "sigmoid"):
+        assert f'alt="act-{act}" src="data:image/png;base64,' in html  # its heatmap is on the page
+    assert html.index('class="finding"') < html.index("<table")  # finding first, then the short table
+    assert "first layers receive" in html and "relative to act-silu" in html
+    assert "mAP needs more epochs to separate variants" in html  # 2 epochs: mAP cannot separate them yet
+    assert (out / "heatmap-colorbar.png").is_file()  # one colour scale, shown once
+    assert "<style>" in html and html.count("<style>") == 1  # the report's stylesheet (show/html.py)
 
 
 def test_three_rows_with_real_numbers(ablation):
-    _, _, _, out = ablation
+    _, _, _, out, _ = ablation
     df = pl.read_csv(out / "ablation.csv")
     assert df["variant"].to_list() == ["act-silu", "act-relu", "act-sigmoid"]
     assert df["status"].to_list() == ["done"] * 3
@@ -48,12 +100,20 @@ def test_three_rows_with_real_numbers(ablation):
     assert (df["steps_logged"] >= 3).all()
     assert (df["wall_time_s"] > 0).all()
     assert df["grad_norm_first_over_head"].is_not_null().all()
+    numeric = [c for c, t in df.schema.items() if t.is_numeric()]
+    assert {"early_flow", "early_flow_vs_baseline", "weakest_flow", "map50_95"} <= set(numeric)
+    empty = [c for c in numeric if df[c].is_null().any()]
+    assert not empty, f"numeric columns with empty cells for completed variants: {empty}"
+    # the depth signal is the early layers' median flow relative to the head (record/depth.run_depth)
+    summary = json.loads((out / "act-sigmoid" / "gradmon" / "summary.json").read_text())
+    assert df.filter(pl.col("variant") == "act-sigmoid")["early_flow"][0] == pytest.approx(summary["depth"]["early_flow"])
+    assert df.filter(pl.col("variant") == "act-silu")["early_flow_vs_baseline"][0] == pytest.approx(1.0)
     html = (out / "ablation.html").read_text()
-    assert html.count("data:image/png;base64") >= 4  # flow profile + three heatmaps
+    assert html.count("data:image/png;base64") >= 5  # flow profile, grad profile, colour bar, three heatmaps
 
 
 def test_swapped_models_contain_only_the_requested_activation(ablation):
-    _, _, _, out = ablation
+    _, _, _, out, _ = ablation
     for act, cls in (("silu", "SiLU"), ("relu", "ReLU"), ("sigmoid", "Sigmoid")):
         row = json.loads((out / f"act-{act}" / "variant.json").read_text())
         report = json.loads(row["swap_report"])
@@ -61,12 +121,22 @@ def test_swapped_models_contain_only_the_requested_activation(ablation):
         assert report["activations_replaced"] == {"SiLU": 105}
 
 
-def test_second_run_skips_completed_variants(ablation, caplog):
-    tmp, path, grid, out = ablation
+def test_second_run_skips_completed_variants(ablation):
+    tmp, path, grid, out, _ = ablation
     mtime = (out / "act-relu" / "variant.json").stat().st_mtime
-    run_grid(load_grid(path, {"project": str(tmp / "runs"), "name": "quick"}))
+    assert run_grid(load_grid(path, {"project": str(out.parent), "name": "quick"})) == out.resolve()  # absolute too
     assert (out / "act-relu" / "variant.json").stat().st_mtime == mtime  # not retrained
     assert pl.read_csv(out / "ablation.csv").height == 3
+
+
+def test_missing_log_is_named_not_skipped(ablation, tmp_path):
+    _, _, grid, out, _ = ablation
+    rows = [json.loads((out / f"act-{a}" / STATUS_NAME).read_text()) for a in ("silu", "relu", "sigmoid")]
+    rows[1]["gradmon_dir"] = str(tmp_path / "gone" / "gradmon")
+    _, comparison = write_comparison(tmp_path, rows, grid)
+    assert list(comparison.missing) == ["act-relu"] and "no gradient log" in comparison.missing["act-relu"]
+    html = (tmp_path / "ablation.html").read_text()
+    assert "act-relu: no gradient log at" in html and 'alt="act-silu"' in html and 'alt="act-relu"' not in html
 
 
 def test_bad_activation_fails_before_training(tmp_path):

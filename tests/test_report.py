@@ -121,6 +121,17 @@ def run_copy(trained, tmp_path) -> Path:
     return dst
 
 
+def test_report_written_at_train_end(trained):
+    """The local sink writes report.html next to the PNGs at train end; the summary names it (the console prints it)."""
+    out = trained.out_dir
+    assert trained.summary["media"]["report"] == str(out / "report.html")
+    text = (out / "report.html").read_text(encoding="utf-8")
+    for png in ("heatmap.png", "curves.png", "flow_by_layer.png", "activation_health.png"):
+        assert_png(out / png)
+    assert "Flow relative to the head, by layer" in text and "Activation health by layer" in text
+    assert text.index('class="verdict') < text.index("<h2>Flags")  # the verdict opens the page
+
+
 def test_render_report_real_run(trained):
     out = trained.out_dir
     html_path = render_report(out)
@@ -134,8 +145,10 @@ def test_render_report_real_run(trained):
     assert summary["complete"] is True and summary["steps_logged"] >= 3
     for module in summary["modules"]:
         assert module in text
-    assert "<th>kind</th>" in text and "<th>evidence</th>" in text
-    assert text.count("data:image/png;base64,") == 2
+    assert "<th>kind</th>" in text and "<th>evidence</th>" in text and "<th>likely cause</th>" in text
+    assert text.count("data:image/png;base64,") == 4  # flow profile, activation health, heatmap, curves
+    for layer in summary["layers"]:
+        assert layer in text  # the per-layer flow / health table
     assert "<script" not in text and "<link" not in text and "http://" not in text and "https://" not in text
     parsed = parse_html(text)
     body = " ".join(parsed.text)
@@ -288,6 +301,25 @@ def test_figures_leave_no_pyplot_state(tmp_path):
         heatmap_png(frame, modules, tmp_path / f"h{k}.png")
         curves_png(frame, modules, tmp_path / f"c{k}.png")
     assert plt.get_fignums() == before
+
+
+def test_flags_show_their_cause_and_the_verdict_says_what_would_judge(tmp_path):
+    """A vanishing flag's evidence["cause"] is its own column; a short run's verdict names nbs/epochs from its numbers."""
+    from yolo_gradmon.show.report import _html_page
+
+    summary = {"model": "m.yaml", "granularity": "layer", "modules": ["00.Conv"], "steps_logged": 3, "config": {},
+               "too_few_steps": False, "verdict": "judged on 9 logged optimizer step(s)", "flagged_modules": ["00.Conv"],
+               "flags": [{"kind": "vanishing", "module": "00.Conv", "first_step": 4, "last_step": 9, "active": True,
+                          "evidence": {"flow_attenuation": 3e-7, "cause": "saturated Sigmoid units (92 %)"}}]}
+    text = _html_page(summary, None, tmp_path / "gradients.jsonl", {})
+    assert "<td>saturated Sigmoid units (92 %)</td>" in text and "flow_attenuation=3e-07" in text
+    assert "1 module(s) flagged (vanishing): 00.Conv" in text
+    from yolo_gradmon.record.tables import judgement
+
+    header = {"config": {"log_every": 1}, "train": {"batch": 2, "nbs": 64, "batches_per_epoch": 2, "epochs": 1}}
+    few, verdict = judgement(header, [{"step": 1, "epoch": 1}])
+    assert few and verdict.startswith("too few steps to judge: 1 logged optimizer step(s)")
+    assert "accumulate 32" in verdict and "nbs=2" in verdict and "epochs=80 at nbs=64" in verdict
 
 
 def test_html_escapes_module_names(tmp_path):

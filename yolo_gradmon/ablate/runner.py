@@ -2,13 +2,17 @@
 
 ``yolo-gradmon ablate configs/ablation-activations.yaml epochs=1 imgsz=160 project=runs/abl name=quick``
 
-- each variant trains in ``<project>/<name>/<variant>/`` with the same seed, its gradient log in
+- the ablation lives in ``<project>/<name>/``, a relative ``project`` taken from the current working directory
+  (:func:`ablation_dir`; the trainer gets the absolute path, so Ultralytics does not nest it under
+  ``runs/<task>/``); each variant trains in ``<project>/<name>/<variant>/`` with the same seed, its gradient log in
   ``<variant>/gradmon/``; a ``variant.json`` there records status (``done``/``failed`` + error), the varied
-  values, metrics and wall time, so a re-run skips completed variants (an interrupted ablation resumes);
+  values, metrics, wall time and where the trainer really wrote the run (``save_dir``, ``gradmon_dir``: the
+  comparison reads the logs from there), so a re-run skips completed variants (an interrupted ablation resumes);
 - a failing variant is recorded as failed and the runner goes on;
 - at the end (and after each variant, so partial results are always on disk): ``ablation.csv`` and
-  ``ablation.parquet`` (one row per variant), ``ablation.md`` and ``ablation.html`` (table, gradient-flow
-  profile of every variant on one chart, heatmaps side by side);
+  ``ablation.parquet`` (one row per variant, every column), ``ablation.md`` and ``ablation.html`` (the finding,
+  a short table, the flow profile of every variant on one chart, heatmaps on one colour scale); the finding is
+  printed too, and a variant whose log is missing is named on the page and in the console;
 - W&B (when the monitor's ``wandb`` option is on and wandb is importable): one run per variant in one
   ``group``, the varied values in each run's config, and a final ``summary`` run with the comparison table.
 """
@@ -26,9 +30,10 @@ import polars as pl
 from ultralytics.utils import LOGGER
 
 from ..config import CLI_PREFIX, GradmonConfig
-from ..monitor import GradientMonitor
-from ..record.tables import load_summary
 from ..config import PREFIX
+from ..monitor import GradientMonitor
+from ..record.tables import load_summary, rebuild
+from .compare import gradient_columns
 from .grid import Grid, GridError, Variant, load_grid, sweep_config, variant_from_sweep_config
 from .swaps import apply_variant
 
@@ -53,24 +58,10 @@ def _metrics_of(trainer) -> dict[str, float | None]:
     return out
 
 
-def gradient_columns(summary: dict) -> dict[str, Any]:
-    """Per-variant gradient facts from a run's ``summary.json``."""
-    stats = summary.get("module_stats") or []
-    flags = summary.get("flags") or []
-    med = [s.get("median_grad_norm") for s in stats]
-    g2w = [s.get("median_grad_to_weight") for s in stats]
-    head = med[-1] if med else None
-    first = med[0] if med else None
-    flow = summary.get("flow_attenuation")  # head -> first layers, when the gradient-flow signal is on
-    return {
-        "flow_attenuation": flow,
-        "grad_norm_first_over_head": (first / head) if first and head else None,
-        "median_grad_to_weight_first3": [x for x in g2w[:3]],
-        "flagged_count": len({f["module"] for f in flags}),
-        "flagged_modules": ",".join(sorted({f["module"] for f in flags})),
-        "first_flagged_step": min((f["first_step"] for f in flags), default=None),
-        "steps_logged": summary.get("steps_logged"),
-    }
+def ablation_dir(grid: Grid) -> Path:
+    """Where the ablation lives: ``<project>/<name>``, absolute; a relative ``project`` is taken from the current
+    working directory (not nested under Ultralytics' ``runs/<task>/``, which only applies to relative paths)."""
+    return (Path.cwd() / Path(grid.project).expanduser()).resolve() / grid.name
 
 
 def train_variant(grid: Grid, variant: Variant, out_dir: Path, wandb_group: str | None = None) -> dict:
@@ -79,7 +70,7 @@ def train_variant(grid: Grid, variant: Variant, out_dir: Path, wandb_group: str 
     cfg = GradmonConfig.from_dict(grid.gradmon)
     monitor = GradientMonitor(cfg).attach(model)
     args = {k: v for k, v in variant.trainer_args.items() if k != "model"}
-    args.update(project=str(out_dir), name=variant.name, exist_ok=True)
+    args.update(project=str(Path(out_dir).resolve()), name=variant.name, exist_ok=True)  # absolute: never nested
     run = _start_wandb_run(cfg, wandb_group, variant, report)
     t0 = time.time()
     try:
@@ -88,8 +79,14 @@ def train_variant(grid: Grid, variant: Variant, out_dir: Path, wandb_group: str 
         if run is not None:
             run.finish()
     wall = time.time() - t0
-    summary = monitor.summary or load_summary(out_dir / variant.name)
-    row = {"variant": variant.name, **variant.values, "status": "done", "error": None, "wall_time_s": wall}
+    trainer = getattr(model, "trainer", None)
+    save_dir = Path(getattr(trainer, "save_dir", None) or Path(out_dir) / variant.name).resolve()
+    gradmon_dir = Path(monitor.out_dir or save_dir / "gradmon").resolve()
+    summary = monitor.summary or load_summary(gradmon_dir)
+    if "depth" not in summary:  # a log from before the summary carried its depth block
+        summary = rebuild(gradmon_dir)
+    row = {"variant": variant.name, **variant.values, "status": "done", "error": None, "wall_time_s": wall,
+           "save_dir": str(save_dir), "gradmon_dir": str(gradmon_dir)}
     row.update(_metrics_of(model.trainer))
     row.update(gradient_columns(summary))
     row["swap_report"] = json.dumps(report, default=str)
@@ -120,7 +117,7 @@ def _start_wandb_run(cfg: GradmonConfig, group: str | None, variant: Variant, re
 def run_grid(grid: Grid, resume: bool = True) -> Path:
     """Train every variant of ``grid`` (skipping completed ones) and write the comparison; return its dir."""
     variants = grid.variants()
-    out_dir = Path(grid.project) / grid.name
+    out_dir = ablation_dir(grid)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "grid.json").write_text(json.dumps(grid.to_dict(), indent=2, default=str))
     group = f"{grid.name}"
@@ -150,10 +147,18 @@ def run_grid(grid: Grid, resume: bool = True) -> Path:
         status_path.write_text(json.dumps(row, indent=2, default=str))
         rows.append(row)
         write_comparison(out_dir, rows, grid)
-    write_comparison(out_dir, rows, grid)
+    _, comparison = write_comparison(out_dir, rows, grid)
     _log_wandb_summary(grid, rows, group)
     done = sum(r.get("status") == "done" for r in rows)
-    LOGGER.info(f"{PREFIX}ablation: {done}/{len(variants)} variants done; comparison in {out_dir / 'ablation.html'}")
+    for r in rows:
+        if r.get("status") != "done":
+            LOGGER.warning(f"{PREFIX}ablation: variant {r['variant']} failed ({r.get('error')}); "
+                           f"its traceback is in {out_dir / r['variant'] / STATUS_NAME}")
+    for name, why in comparison.missing.items():
+        LOGGER.warning(f"{PREFIX}ablation: variant {name}: {why}; it is missing from the charts")
+    for line in comparison.finding_lines():
+        LOGGER.info(f"{PREFIX}ablation: {line}")
+    LOGGER.info(f"{PREFIX}ablation: {done}/{len(variants)} variants done; comparison: {comparison.html}")
     return out_dir
 
 
@@ -170,18 +175,24 @@ def comparison_frame(rows: list[dict], grid: Grid) -> pl.DataFrame:
         for i in range(3):
             f[f"median_grad_to_weight_L{i}"] = g[i] if i < len(g) else None
         flat.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in f.items()})
-    return pl.DataFrame(flat, infer_schema_length=None)
+    df = pl.DataFrame(flat, infer_schema_length=None)
+    first = ["variant", *grid.axes, "status", "early_flow_vs_baseline", "early_flow", "weakest_layer", "weakest_flow",
+             "flagged_count", "flagged_modules", "map50_95", "map50", "wall_time_s"]
+    first = [c for c in dict.fromkeys(first) if c in df.columns]
+    return df.select(first + [c for c in df.columns if c not in first])
 
 
-def write_comparison(out_dir: Path, rows: list[dict], grid: Grid) -> pl.DataFrame:
-    """``ablation.csv``/``.parquet``/``.md``/``.html`` from the rows so far."""
-    df = comparison_frame(rows, grid)
+def write_comparison(out_dir: Path, rows: list[dict], grid: Grid):
+    """``ablation.csv``/``.parquet``/``.md``/``.html`` from the rows so far; returns the frame and the
+    :class:`~.compare.Comparison` (finding, missing variants, page paths)."""
+    from .compare import compare_rows, write_pages
+
+    comparison = compare_rows(out_dir, rows, grid)
+    df = comparison_frame(comparison.rows, grid)
     df.write_csv(out_dir / "ablation.csv")
     df.write_parquet(out_dir / "ablation.parquet")
-    from .compare import write_pages
-
-    write_pages(out_dir, df, rows, grid)
-    return df
+    write_pages(comparison, df)
+    return df, comparison
 
 
 def _log_wandb_summary(grid: Grid, rows: list[dict], group: str) -> None:
@@ -224,7 +235,7 @@ def sweep_train(config: dict | None = None, grid_path: str | None = None, start_
     overrides = {k: v for k, v in config.items() if k.startswith(CLI_PREFIX) or k in ("project", "name")}
     grid = load_grid(path, overrides)
     variant = variant_from_sweep_config(grid, config)
-    out_dir = Path(grid.project) / grid.name
+    out_dir = ablation_dir(grid)
     row: dict = {"variant": variant.name, **variant.values, "status": "failed"}
     try:
         row = train_variant(grid, variant, out_dir, wandb_group=None)
@@ -245,9 +256,10 @@ def write_sweep(grid: Grid, grid_path: str | Path) -> Path:
 
     cfg = sweep_config(grid)
     cfg["parameters"]["grid"] = {"value": str(Path(grid_path).resolve())}
+    cfg["parameters"]["project"] = {"value": str(ablation_dir(grid).parent)}  # agents may run from any directory
     cfg["program"] = "yolo-gradmon"
     cfg["command"] = ["yolo-gradmon", "sweep-run", "${args_no_hyphens}"]
-    path = Path(grid.project) / grid.name / "sweep.yaml"
+    path = ablation_dir(grid) / "sweep.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

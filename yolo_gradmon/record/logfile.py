@@ -226,12 +226,13 @@ def locate_log(path: str | Path) -> Path:
     return find_in_run(path, LOG_NAME)
 
 
-def header_record(model: str, task: str | None, granularity: str, measured: dict, config: dict) -> dict:
+def header_record(model: str, task: str | None, granularity: str, measured: dict, config: dict,
+                  train: dict | None = None) -> dict:
     """The ``header`` log line. ``measured``: the modules (``modules``, ``trainable``, ``numel``, ``layer_index``) and,
     under ``depth``, the top-level layers and depth signals (``layers``, ``layer_from``, ``layer_acts``, ``flow``,
-    ``activation_health``)."""
+    ``activation_health``). ``train``: the trainer's step arithmetic (:func:`train_facts`), when known."""
     depth = dict(measured.get("depth") or {})
-    return {
+    out = {
         "type": "header",
         "schema": SCHEMA_VERSION,
         "model": model,
@@ -241,6 +242,29 @@ def header_record(model: str, task: str | None, granularity: str, measured: dict
         "config": config,
         **depth,
     }
+    if train:
+        out["train"] = train
+    return out
+
+
+def train_facts(trainer) -> dict:
+    """What sets the number of optimizer steps of a run (read at train start, duck-typed: no torch here):
+    ``batch`` (the trainer's batch size), ``nbs``, ``batches_per_epoch``, ``epochs`` and ``accumulate`` (the trainer's,
+    else ``max(round(nbs / batch), 1)``; Ultralytics ramps it up from 1 during warm-up). Missing values are left out."""
+    args = getattr(trainer, "args", None)
+    facts = {"batch": getattr(trainer, "batch_size", None) or getattr(args, "batch", None),
+             "nbs": getattr(args, "nbs", None), "epochs": getattr(trainer, "epochs", None)}
+    try:
+        facts["batches_per_epoch"] = len(trainer.train_loader)
+    except Exception:  # noqa: BLE001 - no loader yet: the verdict simply says less
+        pass
+    out = {k: int(v) for k, v in facts.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0}
+    acc = getattr(trainer, "accumulate", None)  # the trainer's own (capped at the run's batch count)
+    if isinstance(acc, int) and acc > 0:
+        out["accumulate"] = acc
+    elif "batch" in out and "nbs" in out:
+        out["accumulate"] = max(round(out["nbs"] / out["batch"]), 1)
+    return out
 
 
 def step_record(stats, warmup: bool | None) -> dict:

@@ -8,12 +8,14 @@ Written at train end from the monitor's history, and rebuilt from the append-onl
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import polars as pl
 
 from ..config import GradmonConfig
 from ..judge.rules import Flag, evaluate
+from .depth import run_depth
 from .logfile import (LAYER_COLUMNS, LOG_NAME, MODULE_COLUMNS, SCHEMA_VERSION, dumps, find_in_run, finite_or_none,
                       plain, read_log)
 
@@ -118,6 +120,7 @@ def layer_table(records: list[dict], layers: list[str]) -> list[dict]:
         pl.col("flow_norm").median().alias("median_flow_norm"),
         pl.col("flow_attenuation").median().alias("median_flow_attenuation"),
         pl.col("flow_attenuation").min().alias("min_flow_attenuation"),
+        pl.col("flow_attenuation").max().alias("max_flow_attenuation"),
         pl.col("act_saturated").median().alias("median_act_saturated"),
         pl.col("act_saturated").max().alias("max_act_saturated"),
         pl.col("act_dead").median().alias("median_act_dead"),
@@ -132,7 +135,8 @@ def judgement(header: dict, records: list[dict]) -> tuple[bool, str]:
 
     A vanishing flag needs ``vanish_window`` low observations (logged steps for grad/weight, backward passes for the
     gradient flow), the exploding spike rule ``min_steps`` logged steps of history: fewer means "too few steps to
-    judge", never "healthy".
+    judge", never "healthy". The verdict then says what would make the run judgeable, from its own numbers (the
+    header's ``train`` facts: batch, nbs, batches per epoch; see :func:`what_would_judge`).
     """
     cfg = header.get("config", {})
     window = int(cfg.get("vanish_window", GradmonConfig.vanish_window))
@@ -143,9 +147,45 @@ def judgement(header: dict, records: list[dict]) -> tuple[bool, str]:
     few = steps < min_steps or seen < window
     what = f"{steps} logged optimizer step(s)" + (f", {passes} backward pass(es) with gradient flow" if passes else "")
     if few:
+        hint = what_would_judge(header, max(window, min_steps), records)
         return True, (f"too few steps to judge: {what}; a vanishing flag needs {window} observations and the "
-                      f"exploding rule {min_steps} steps of history")
+                      f"exploding rule {min_steps} steps of history" + (f". {hint}" if hint else ""))
     return False, f"judged on {what}"
+
+
+def what_would_judge(header: dict, need: int, records: list[dict] = ()) -> str:
+    """One or two sentences: this run's optimizer steps (from batch, nbs and batches per epoch in the header's
+    ``train`` facts) and the smaller ``nbs`` or the number of epochs that would log ``need`` steps; "" without facts.
+
+    ``accumulate = max(round(nbs / batch), 1)``, ``steps/epoch = ceil(batches / accumulate)``; Ultralytics caps
+    accumulate at the run's total batch count and ramps it up from 1 during warm-up, so the counts are nominal.
+    """
+    t = header.get("train") or {}
+    cfg = header.get("config", {})
+    log_every = max(1, int(cfg.get("log_every") or 1))
+    batch, nbs, batches = t.get("batch"), t.get("nbs"), t.get("batches_per_epoch")
+    epochs = t.get("epochs") or max((r.get("epoch") or 0 for r in records), default=0) or None
+    if not (batch and nbs and batches):
+        return ""
+    acc = max(round(nbs / batch), 1)
+    rate = (f"{math.ceil(batches / acc)} optimizer step(s) per epoch" if acc <= batches
+            else f"one optimizer step per {acc / batches:.3g} epochs")
+    run = f"This run: batch {batch}, nbs {nbs} → accumulate {acc}; {batches} batch(es) per epoch → {rate}"
+    if epochs:
+        total = batches * epochs // min(acc, batches * epochs) // log_every
+        capped = f", accumulate capped at its {batches * epochs} batches" if acc > batches * epochs else ""
+        run += f" (about {total} logged in {epochs} epoch(s){capped})"
+        if total >= need:
+            return f"{run}: enough once every epoch has run"
+    options = []
+    if acc > 1:
+        enough = epochs and batches * epochs // log_every >= need
+        options.append(f"nbs={batch} ({batches} step(s) per epoch"
+                       + ("" if enough else f", with epochs={math.ceil(need * log_every / batches)}") + ")")
+    options.append(f"epochs={math.ceil(need * log_every * acc / batches)}" + (f" at nbs={nbs}" if acc > 1 else ""))
+    if log_every > 1:
+        options.append("gradmon_log_every=1")
+    return f"{run}. To log {need} steps: " + " or ".join(options)
 
 
 def build_summary(header: dict, records: list[dict], flags: list[Flag], complete: bool) -> dict:
@@ -180,6 +220,8 @@ def build_summary(header: dict, records: list[dict], flags: list[Flag], complete
         "activation_health": bool(header.get("activation_health")),
         "layers": layers,
         "layer_stats": layer_table(records, layers) if layers else [],
+        "depth": run_depth(records, header) if layers else {},
+        "train": header.get("train") or {},
         "config": cfg,
     }
 

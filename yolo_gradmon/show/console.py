@@ -59,6 +59,9 @@ def print_end(summary: dict, where: str) -> None:
     for line in format_table(summary):
         LOGGER.info(f"  {line}")
     LOGGER.info(f"{PREFIX}results in {where}")
+    report = (summary.get("media") or {}).get("report")
+    if report:
+        LOGGER.info(f"{PREFIX}report: {report}")
 
 
 def warn_flag(flag: Flag) -> None:

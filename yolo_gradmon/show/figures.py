@@ -58,6 +58,8 @@ _COLUMN_LABELS = {
     "update_to_weight": "‖Δweight‖/‖weight‖",
     "max_abs_grad": "max |grad|",
     "nonfinite": "non-finite count",
+    "flow_norm": "flow ‖dL/d out‖",
+    "flow_attenuation": "flow relative to the head",
 }
 
 
@@ -242,6 +244,51 @@ def _value_norm(logv: np.ndarray) -> tuple[Normalize, str]:
     return Normalize(lo, hi), extend
 
 
+def _extend_of(logv: np.ndarray, norm: Normalize) -> str:
+    finite = logv[np.isfinite(logv)]
+    low, high = bool((finite < norm.vmin).any()), bool((finite > norm.vmax).any())
+    return "both" if low and high else "min" if low else "max" if high else "neither"
+
+
+def shared_norm(frames: Iterable[pl.DataFrame], column: str = "grad_norm") -> tuple[Normalize, str]:
+    """One colour range of log10(``column``) over several long frames (the heatmaps of an ablation), chosen as
+    :func:`heatmap_png` chooses one map's, and the colour bar's ``extend``."""
+    parts = []
+    for f in frames:
+        if column in f.columns and f.height:
+            v = f[column].cast(pl.Float64).fill_nan(None).drop_nulls().to_numpy()
+            v = v[np.isfinite(v) & (v > 0)]
+            parts.append(np.log10(v))
+    return _value_norm(np.concatenate(parts) if parts else np.zeros(0))
+
+
+def colorbar_png(path: str | Path, norm: Normalize, label: str, extend: str = "neither", cmap: str = "viridis",
+                 title: str | None = None) -> Path:
+    """A standalone horizontal colour bar (one for several maps drawn with ``colorbar=False``)."""
+    fig = _new_figure(6.5, 0.95 if title is None else 1.2)
+    ax = fig.add_subplot()
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=matplotlib.colormaps[cmap]), cax=ax, orientation="horizontal",
+                        extend=extend)
+    cbar.set_label(label)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def shared_ylim(frames: Iterable[pl.DataFrame], column: str = "grad_norm") -> tuple[float, float] | None:
+    """One log-scale y range covering ``column`` in several frames (per-variant curves drawn alike)."""
+    lo, hi = math.inf, -math.inf
+    for f in frames:
+        if column in f.columns and f.height:
+            v = f[column].cast(pl.Float64).fill_nan(None).drop_nulls().to_numpy()
+            v = v[np.isfinite(v) & (v > 0)]
+            if v.size:
+                lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    if not math.isfinite(lo):
+        return None
+    return lo / 1.5, hi * 1.5
+
+
 def _step_formatter(steps: np.ndarray, per_col: int) -> FuncFormatter:
     def fmt(x, _pos):
         j = int(round(x))
@@ -267,8 +314,10 @@ def heatmap_png(
     column: str = "grad_norm",
     title: str | None = None,
     flagged: Iterable[str] = (),
+    norm: Normalize | None = None,
+    colorbar: bool = True,
 ) -> Path:
-    """Draw the gradient-flow heatmap of ``column`` and save it as a PNG.
+    """Draw the heatmap of ``column`` (module x logged step) and save it as a PNG.
 
     Rows are ``modules`` in depth order, the input layer at the top and the head at the bottom; columns are
     the logged optimizer steps (more than 1000 steps are binned: the median per bin, a non-finite step always
@@ -288,13 +337,16 @@ def heatmap_png(
         column: the value column to show (``grad_norm``, ``grad_to_weight``, ``update_to_weight``, ...).
         title: figure title; a default names the column.
         flagged: modules whose row labels are drawn in red (e.g. ``summary["flagged_modules"]``).
+        norm: the colour range of log10(value), shared by several maps (:func:`shared_norm`); ``None`` fits
+            this map's own values. Cells outside a shared range take the end colours.
+        colorbar: draw the colour bar; ``False`` for maps shown beside one :func:`colorbar_png`.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
     modules = _module_order(frame, modules)
     label = column_label(column)
-    title = title if title is not None else f"Gradient flow: {label} per module and logged step"
+    title = title if title is not None else f"{label} per module and logged step"
     steps, epochs, values, cat = _grid(frame, modules, column)
     if steps.size == 0 or not modules:
         return _empty_png(path, title, "no logged optimizer steps yet")
@@ -304,7 +356,10 @@ def heatmap_png(
     n_rows, n_cols = values.shape
     with np.errstate(divide="ignore", invalid="ignore"):
         logv = np.log10(values)
-    norm, extend = _value_norm(logv)
+    if norm is None:
+        norm, extend = _value_norm(logv)
+    else:
+        extend = _extend_of(logv, norm)
     cmap = matplotlib.colormaps["viridis"]
     rgba = cmap(norm(np.nan_to_num(logv, nan=norm.vmin)).clip(0.0, 1.0))
     rgba[cat == _MISSING] = _MISSING_RGBA
@@ -353,9 +408,10 @@ def heatmap_png(
         ax.text(0.5, 0.5, f"no finite positive {label} values", transform=ax.transAxes, ha="center", va="center",
                 fontsize=11, bbox={"facecolor": "white", "edgecolor": "0.6"})
     ax.set_title(title, fontsize=11, pad=12 if bad_cols.size else 6)
-    sm = ScalarMappable(norm=norm, cmap=cmap)
-    cbar = fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.01, aspect=30, extend=extend)
-    cbar.set_label(f"log10 {label}")
+    if colorbar:
+        sm = ScalarMappable(norm=norm, cmap=cmap)
+        cbar = fig.colorbar(sm, ax=ax, fraction=0.04, pad=0.01, aspect=30, extend=extend)
+        cbar.set_label(f"log10 {label}")
     handles = [  # only what the map shows
         Patch(facecolor=rgba_, edgecolor="0.4", lw=0.5, label=text)
         for kind, rgba_, text in (
@@ -421,7 +477,7 @@ def _auto_pool(modules: Sequence[str]) -> bool:
 
 
 def _curves_title(modules: Sequence[str], what: str) -> str:
-    return f"‖grad‖ per {'layer' if _auto_pool(modules) else 'module'} over training — {what}"
+    return f"Parameter-gradient norm ‖grad‖ per {'layer' if _auto_pool(modules) else 'module'} over training — {what}"
 
 
 def curves_png(
@@ -431,6 +487,7 @@ def curves_png(
     column: str = "grad_norm",
     title: str | None = None,
     pool: bool | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> Path:
     """Draw one line per module of ``column`` over the logged steps (log y axis) and save it as a PNG.
 
@@ -447,6 +504,7 @@ def curves_png(
         pool: draw one line per top-level layer (see :func:`pool_layers`) instead of one per module.
             ``None`` (default) pools when there are more than 50 modules whose names carry the layer index
             (``module``/``param`` granularity), which keeps ~25 readable lines.
+        ylim: the y range (log scale), shared by several runs' curves (:func:`shared_ylim`); ``None`` fits.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -484,6 +542,8 @@ def curves_png(
             continue
         ax.plot(x, y, color=cmap(i), lw=lw, alpha=alpha, marker=marker, ms=(5 if x.size == 1 else 3) if marker else 0)
     ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     bad = np.flatnonzero((cat == _NONFINITE).any(axis=0))
     if bad.size:
         ax.plot(x[bad], np.full(bad.size, 1.0), transform=ax.get_xaxis_transform(), ls="none", marker="x",
@@ -547,6 +607,8 @@ def depth_profile_png(
     path: str | Path,
     column: str = "grad_norm",
     title: str | None = None,
+    ylabel: str | None = None,
+    hlines: Sequence[tuple[float, str]] = (),
 ) -> Path:
     """Draw the median of ``column`` by depth (one line per run, shaded 25–75 % band) and save it as a PNG.
 
@@ -563,6 +625,8 @@ def depth_profile_png(
         path: the PNG file to write.
         column: the value column to profile.
         title: figure title; a default names the column.
+        ylabel: y axis label; a default names the column.
+        hlines: (y, label) reference lines, e.g. ``(1.0, "head")`` for flow relative to the head.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -570,7 +634,7 @@ def depth_profile_png(
     if isinstance(runs, pl.DataFrame):
         runs = {"run": runs}
     label = column_label(column)
-    title = title if title is not None else f"Gradient-flow profile: median {label} by depth"
+    title = title if title is not None else f"Median {label} by depth"
     profiles = []
     for name, frame in runs.items():
         mods = modules.get(name) if isinstance(modules, Mapping) else modules
@@ -606,10 +670,128 @@ def depth_profile_png(
     ax.set_xticklabels(["/".join(ticks[x]) if len(ticks[x]) <= 2 else ticks[x][0] + "/…" for x in xs_sorted],
                        rotation=60, ha="right", fontsize=7, fontfamily="monospace")
     ax.set_xlabel("depth: input (left) → head (right)")
-    ax.set_ylabel(f"median {label} over logged steps (log scale)")
+    ax.set_ylabel(ylabel or f"median {label} over logged steps (log scale)")
+    for y, text in hlines:
+        ax.axhline(y, color="0.3", lw=0.9, ls=(0, (4, 3)))
+        ax.annotate(text, (0.0, y), xycoords=("axes fraction", "data"), xytext=(3, 3), textcoords="offset points",
+                    fontsize=7, color="0.3")
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title(title, fontsize=11)
     ax.legend(fontsize=8, title="25–75 % band shaded", title_fontsize=7)
+    return _save(fig, path)
+
+
+def _layer_ticks(ax, layers: Sequence[str], flagged: set[str]) -> None:
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7, fontfamily="monospace")
+    for tick, name in zip(ax.get_xticklabels(), layers):
+        if name in flagged:
+            tick.set_color(_NONFINITE_RGBA)
+            tick.set_fontweight("bold")
+    ax.set_xlim(-0.6, len(layers) - 0.4)
+
+
+def flow_profile_png(
+    frame: pl.DataFrame,
+    layers: Sequence[str],
+    path: str | Path,
+    title: str | None = None,
+    threshold: float | None = None,
+    flagged: Iterable[str] = (),
+) -> Path:
+    """The flow profile of one run: per top-level layer, the median over logged steps of the flow relative to the
+    head (``flow_attenuation`` = ‖dL/d out‖ of the layer / that of the head's output), with its min–max range shaded,
+    log y axis; input on the left, head on the right (1 by definition).
+
+    Args:
+        frame: the per-layer long frame (:func:`yolo_gradmon.record.tables.layer_frame`: ``step``, ``layer``,
+            ``flow_attenuation``).
+        layers: every top-level layer in depth order (the header's ``layers``).
+        path: the PNG file to write.
+        title: figure title.
+        threshold: the vanishing rule's ``vanish_flow_attenuation``, drawn as a dashed line.
+        flagged: layers whose tick labels are drawn in red.
+    """
+    title = title or "Flow relative to the head, by layer"
+    sub = (frame.filter(pl.col("flow_attenuation").is_not_null() & (pl.col("flow_attenuation") > 0))
+           if frame.height and "flow_attenuation" in frame.columns else frame.clear())
+    if sub.height == 0:
+        return _empty_png(path, title, "no gradient flow measured (flow option off, or no logged step yet)")
+    agg = {r["layer"]: r for r in sub.group_by("layer").agg(
+        pl.col("flow_attenuation").median().alias("med"), pl.col("flow_attenuation").min().alias("lo"),
+        pl.col("flow_attenuation").max().alias("hi"), pl.col("step").n_unique().alias("n")).to_dicts()}
+    layers = list(layers)
+    xs = [i for i, name in enumerate(layers) if name in agg]
+    med = np.array([agg[layers[i]]["med"] for i in xs])
+    lo = np.array([agg[layers[i]]["lo"] for i in xs])
+    hi = np.array([agg[layers[i]]["hi"] for i in xs])
+    fig = _new_figure(float(np.clip(4 + 0.32 * len(layers), 8, 16)), 4.8)
+    ax = fig.add_subplot()
+    ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.18, lw=0, label="min–max over logged steps")
+    ax.plot(xs, med, color="tab:blue", lw=1.6, marker="o", ms=3.5, label="median over logged steps")
+    ax.axhline(1.0, color="0.3", lw=0.9, ls=(0, (4, 3)))
+    ax.annotate("head = 1", (0.0, 1.0), xycoords=("axes fraction", "data"), xytext=(3, 3), textcoords="offset points",
+                fontsize=7, color="0.3")
+    if threshold:
+        ax.axhline(threshold, color=_NONFINITE_RGBA, lw=0.9, ls=(0, (4, 3)))
+        ax.annotate(f"vanishing below {threshold:g}", (0.0, threshold), xycoords=("axes fraction", "data"),
+                    xytext=(3, 3), textcoords="offset points", fontsize=7, color=_NONFINITE_RGBA)
+    ax.set_yscale("log")
+    _layer_ticks(ax, layers, set(flagged))
+    ax.set_xlabel("top-level layer: input (left) → head (right); no point: no flow measured there")
+    ax.set_ylabel("‖dL/d out‖ / ‖dL/d out_head‖ (log scale)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def health_png(frame: pl.DataFrame, layers: Sequence[str], path: str | Path, title: str | None = None,
+               flagged: Iterable[str] = ()) -> Path | None:
+    """Activation health per top-level layer: the fraction of saturated units (two-tailed Sigmoid/Tanh-like
+    activations) and of dead channels (no gradient over a whole batch, ReLU-like), median over logged steps as bars and the maximum as a tick. ``None`` when the log has no
+    activation-health values (option off, or no measurable activation)."""
+    title = title or "Activation health by layer: saturated and dead units"
+    cols = [c for c in ("act_saturated", "act_dead") if c in frame.columns]
+    if not frame.height or not cols:
+        return None
+    sub = frame.filter(pl.any_horizontal(pl.col(c).is_not_null() for c in cols))
+    if sub.height == 0:
+        return None
+    agg = {r["layer"]: r for r in sub.group_by("layer").agg(
+        *[pl.col(c).median().alias(f"{c}_med") for c in cols], *[pl.col(c).max().alias(f"{c}_max") for c in cols]
+    ).to_dicts()}
+    layers = list(layers)
+    fig = _new_figure(float(np.clip(4 + 0.32 * len(layers), 8, 16)), 4.2)
+    ax = fig.add_subplot()
+    style = {"act_saturated": ("tab:orange", "saturated units (Sigmoid/Tanh-like: |f'(x)| < eps)"),
+             "act_dead": ("tab:purple", "dead channels (|f'(x)| < eps over a whole batch)")}
+    width = 0.8 / len(cols)
+    top = 0.0
+    for k, c in enumerate(cols):
+        xs = [i for i, name in enumerate(layers) if name in agg and agg[name][f"{c}_med"] is not None]
+        if not xs:
+            continue
+        off = (k - (len(cols) - 1) / 2) * width
+        colour, text = style[c]
+        ax.bar([x + off for x in xs], [agg[layers[x]][f"{c}_med"] for x in xs], width=width, color=colour, alpha=0.8,
+               label=f"{text}: median")
+        highs = [agg[layers[x]][f"{c}_max"] or 0.0 for x in xs]
+        top = max(top, *highs)
+        ax.plot([x + off for x in xs], highs, ls="none", marker="_", ms=9, mew=1.6, color=colour,
+                label=f"{text.split(' (')[0]}: max over logged steps")
+    ax.set_ylim(0, min(1.02, max(0.05, top * 1.25)))
+    if top == 0:
+        ax.text(0.5, 0.5, "no saturated unit and no dead channel in any measured layer (all 0 %)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=10,
+                bbox={"facecolor": "white", "edgecolor": "0.6"})
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0%}"))
+    _layer_ticks(ax, layers, set(flagged))
+    ax.set_xlabel("top-level layer: input (left) → head (right); no bar: nothing measured there")
+    ax.set_ylabel("fraction of the layer's units")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=7, loc="upper right", ncols=len(cols))
     return _save(fig, path)
 
 

@@ -22,7 +22,17 @@ tr.flagged td{background:#fdecea}
 .facts th{width:14em}.ok{color:#1a7f37}.bad{color:#b42318;font-weight:600}.muted{color:#777}
 .scroll{max-height:480px;overflow:auto;border:1px solid #eee}
 img{max-width:100%;height:auto;border:1px solid #eee}
+img.scale{max-width:640px;border:none}
 .kind-nonfinite,.kind-exploding{color:#b42318;font-weight:600}.kind-vanishing,.kind-dead{color:#9a6700;font-weight:600}
+.warn{color:#9a6700}
+.verdict{font-size:1.05em;padding:10px 14px;border-radius:6px;border:1px solid #ddd;background:#fafafa}
+.verdict.bad{background:#fdecea;border-color:#f3c2bd;font-weight:400}.verdict.ok{background:#eaf6ec;border-color:#bfe3c6}
+.verdict.warn{background:#fff6e0;border-color:#f0dca8;color:#5c4300}
+.finding{font-size:1.05em;line-height:1.5;padding:10px 14px;border-radius:6px;border:1px solid #d6e2f0;background:#f3f7fc}
+.finding ul{margin:4px 0 0 0;padding-left:1.3em}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}
+figure{margin:0}figcaption{font-size:0.85em;color:#555;text-align:center}
+details{margin:10px 0}summary{cursor:pointer;color:#444}
 """
 
 
@@ -68,6 +78,19 @@ def page(title: str, body: str) -> str:
     """A whole self-contained HTML document."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+
+
+def img(png: Path, alt: str) -> str:
+    """An embedded PNG."""
+    return f'<img alt="{esc(alt)}" src="{data_uri(png)}">'
+
+
+def grid(items: Iterable[tuple[str, Path]], captions: bool = True) -> str:
+    """Figures side by side (two per row on a wide page): ``items`` are (caption, png); ``captions=False`` when the
+    images carry their own title (the caption is then only the alt text)."""
+    return '<div class="grid">' + "".join(
+        f"<figure>{img(p, c)}" + (f"<figcaption>{esc(c)}</figcaption>" if captions else "") + "</figure>"
+        for c, p in items) + "</div>"
 
 
 def figure(title: str, description: str, png: Path, level: int = 2) -> str:

@@ -39,12 +39,16 @@ class LocalSink(Sink):
         out = self.run.out_dir
         try:
             summary.update(write_outputs(out, self.run.header, history.records, history.flags, complete=True))
-            from .figures import render_pngs  # matplotlib only at train end
-
-            heat, curves = render_pngs(out, self.run.header, history.records)
-            summary["media"] = {"heatmap": str(heat), "curves": str(curves)}
         except Exception as e:  # noqa: BLE001 - the log is complete; a derived file failing is reported, not raised
-            LOGGER.error(f"{PREFIX}could not write Parquet/summary/PNGs in {out}: {e}")
+            LOGGER.error(f"{PREFIX}could not write Parquet/summary.json in {out}: {e}")
+            return
+        try:
+            from .report import write_report  # matplotlib only at train end
+
+            write_report(out, summary, self.run.header, history.records, self.writer.path)  # PNGs + report.html
+        except Exception as e:  # noqa: BLE001
+            LOGGER.error(f"{PREFIX}could not write the PNGs/report.html in {out} ({type(e).__name__}: {e}); "
+                         f"rebuild them with: yolo-gradmon report {out}")
 
     def _write(self, record: dict) -> None:
         try:
