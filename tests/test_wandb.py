@@ -1,10 +1,14 @@
 """The W&B sink, verified with W&B's own reader of offline runs (``wandb leet inspect --json``).
 
-- ``alone``: the monitor alone (Ultralytics' W&B callback is off under pytest) starts, fills and finishes one run;
-  every per-module value equals the local log; media, flags table, summary fields and alerts are there.
+- ``alone``: the monitor alone (Ultralytics' W&B callback is off under pytest, default options) starts, fills and
+  finishes one run: at most 40 monitor history keys, no per-layer scalar keys; the run-level and depth curves, the
+  native per-family line charts and the per-epoch depth profile equal the local log; heatmap, flags table, summary
+  fields and alerts are there.
 - ``with_ultralytics``: a subprocess that does not look like pytest, with the Ultralytics setting ``wandb: true``:
   the monitor logs into Ultralytics' run, whose epoch rows stay whole, also when the monitor's callbacks run
-  after Ultralytics' (its epoch-end flush then lands between their ``commit=False`` and ``commit=True``).
+  after Ultralytics' (its epoch-end flush then lands between their ``commit=False`` and ``commit=True``); that run
+  also asks for every per-layer scalar (``wandb_layer_scalars="all"``): each equals the local log, and a family
+  that stayed constant is never streamed.
 - faults: ``wandb`` not importable, ``wandb.init`` raising, ``run.log`` raising mid-run: training completes, the
   local log is whole, one warning.
 - small unit tests of the sink with a fake ``wandb`` module (alerts, NaN cells, queued rows).
@@ -31,9 +35,22 @@ from yolo_gradmon import GradientMonitor, GradmonConfig, read_log
 from yolo_gradmon.judge.rules import KINDS, Flag
 from yolo_gradmon.config import PREFIX
 from yolo_gradmon.show.sink import GuardedSink, History, RunInfo
-from yolo_gradmon.show.wandb import FLAG_COLUMNS, MAX_ALERTS, STEP_KEY, WandbSink, make_wandb_sink
+from yolo_gradmon.record.depth import layer_profile, step_depth
+from yolo_gradmon.show.wandb import (
+    CHART_FAMILIES,
+    DEPTH_KEYS,
+    FLAG_COLUMNS,
+    MAX_ALERTS,
+    MODULE_FAMILIES,
+    PROFILE_COLUMNS,
+    STEP_KEY,
+    WEAKEST_LAYER_KEY,
+    WandbSink,
+    make_wandb_sink,
+)
 
 TRAIN = dict(data="coco8.yaml", epochs=2, imgsz=160, batch=2, nbs=2, workers=0, device="cpu", plots=False, exist_ok=True)
+MAX_MONITOR_KEYS = 40
 UL_KEYS = ("train/box_loss", "train/cls_loss", "lr/pg0", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "val/box_loss")
 
 
@@ -108,18 +125,44 @@ def close(wb_value, local_value, rel=1e-6) -> bool:
     return math.isfinite(a) and abs(a - b) <= rel * max(abs(b), 1e-30)
 
 
+def logical_key(key: str) -> str:
+    """``gradmon/heatmap._type`` -> ``gradmon/heatmap``: a medium or table arrives as several history fields."""
+    head, _, tail = key.rpartition("/")
+    return f"{head}/{tail.split('.', 1)[0]}"
+
+
+def monitor_keys(hist) -> set[str]:
+    return {logical_key(k) for h in hist for k in h if k.startswith(("gradients/", "gradmon/"))}
+
+
+def visualize(records) -> dict[str, dict]:
+    """The custom charts of the run (``wandb.plot.*``): key -> panel config, the newest of each."""
+    out = {}
+    for c in of_type(records, "config"):
+        for k, v in (c.get("update") or {}).items():
+            if k.startswith("_wandb.visualize."):
+                out[k[len("_wandb.visualize."):]] = v["panel_config"]
+    return out
+
+
+def tables(run_dir, hist, key) -> list[tuple[int, dict]]:
+    """Every logged wandb.Table under ``key``: (gradients/step, table JSON)."""
+    return [(h[STEP_KEY], json.loads((run_dir / "files" / h[f"{key}.path"]).read_text())) for h in hist if f"{key}.path" in h]
+
+
 def gradient_rows(hist) -> dict[int, dict]:
     rows = {}
     for item in hist:
-        if any(k.startswith("gradients/norm/") for k in item):
+        if "gradients/total_norm" in item:
             step = int(item[STEP_KEY])
             assert step not in rows, f"step {step} logged twice"
             rows[step] = item
     return rows
 
 
-def assert_rows_equal_local_log(hist, log):
-    """Every logged step has one W&B row whose per-module values equal the local log's."""
+def assert_rows_equal_local_log(hist, log, per_layer: bool = False):
+    """Every logged step has one W&B row whose run-level and depth values equal the local log's (and, with
+    ``per_layer``, every per-module value; else there is none)."""
     rows = gradient_rows(hist)
     assert sorted(rows) == [r["step"] for r in log.steps]
     for rec in log.steps:
@@ -129,13 +172,35 @@ def assert_rows_equal_local_log(hist, log):
         assert close(row["gradients/lr"], rec["lr"][0])
         assert row["gradients/clip_active"] == int(bool(rec["clip_active"]))
         assert ("gradients/amp_scale" in row) == (rec["amp_scale"] is not None)
-        for i, m in enumerate(log.modules):
-            keys = [f"gradients/{w}/{m}" for w in ("norm", "grad_to_weight", "update_to_weight", "max_abs")]
-            if not rec["has_grad"][i]:
-                assert not any(k in row for k in keys), (m, rec["step"])
-                continue
-            for key, col in zip(keys, ("grad_norm", "grad_to_weight", "update_to_weight", "max_abs_grad")):
-                assert close(row[key], rec[col][i]), (key, rec["step"], row[key], rec[col][i])
+        depth = step_depth(rec, log.header)
+        for key, field in DEPTH_KEYS.items():
+            assert (key in row) == (depth[field] is not None), (rec["step"], key)
+            if depth[field] is not None:
+                assert close(row[key], depth[field]), (rec["step"], key)
+        if depth["weakest_layer"] is not None:
+            assert log.header["layers"][row[WEAKEST_LAYER_KEY]] == depth["weakest_layer"]
+        if not per_layer:
+            assert not any(k.startswith(("gradients/norm/", "gradients/flow/", "gradients/act_")) for k in row)
+            continue
+        for col, section in (("grad_norm", "norm"), ("grad_to_weight", "grad_to_weight"),
+                             ("update_to_weight", "update_to_weight"), ("max_abs_grad", "max_abs")):
+            constant = len(distinct_values(log, col)) == 1  # never streamed: no wall of flat panels
+            for i, m in enumerate(log.modules):
+                key = f"gradients/{section}/{m}"
+                if constant or not rec["has_grad"][i]:
+                    assert key not in row, (key, rec["step"])
+                else:
+                    assert close(row[key], rec[col][i]), (key, rec["step"], row[key], rec[col][i])
+
+
+def distinct_values(log, family) -> set[float]:
+    """The distinct finite values of a family over the local log (modules with a gradient only)."""
+    out = set()
+    for rec in log.steps:
+        for i, v in enumerate(rec.get(family) or []):
+            if v is not None and math.isfinite(v) and (family not in MODULE_FAMILIES or rec["has_grad"][i]):
+                out.add(v)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- the monitor alone
@@ -192,51 +257,77 @@ def test_alone_step_metric_defined(alone):
 
 
 @requires_coco8
-def test_alone_every_module_every_step_equals_local_log(alone):
+def test_alone_default_keys_few_run_level_and_depth_curves_equal_local_log(alone):
+    """Default options: a handful of run-level keys per step (no per-layer scalar), equal to the local log."""
     log = alone.log
     assert log.ended and [r["step"] for r in log.steps] == [1, 2, 3, 4]
     hist = history(alone.records)
+    keys = monitor_keys(hist)
+    assert len(keys) <= MAX_MONITOR_KEYS, sorted(keys)
+    assert {STEP_KEY, "gradients/total_norm", "gradients/clip_active", "gradients/flagged_modules",
+            WEAKEST_LAYER_KEY, *DEPTH_KEYS} <= keys
+    assert not [k for k in keys if k.count("/") > 1 and not k.startswith(("gradients/depth/", "gradmon/layers/"))]
     assert_rows_equal_local_log(hist, log)
     rows = gradient_rows(hist)
-    with_params = [m for m, n in zip(log.modules, log.header["numel"]) if n > 0]
-    assert len(with_params) == 18
-    for step, row in rows.items():  # yolo26n: every module with parameters gets a gradient at every step
-        assert all(f"gradients/norm/{m}" in row for m in with_params), step
-        assert row["gradients/flagged_modules"] == 18  # the live count: every module flagged from step 1
-        assert list(k for k in row if k.startswith("gradients/norm/")) == sorted(
-            k for k in row if k.startswith("gradients/norm/")
-        )  # module keys sort in depth order
-    # one history row per logged step plus the media row: per-step logging is one run.log call
-    assert len(hist) == len(log.steps) + 1
+    assert all(row["gradients/flagged_modules"] == 18 for row in rows.values())  # every module flagged from step 1
+    # defaults: flow on every 2nd logged step (1, 3): the flow depth curves there only; grad/weight on every step
+    assert sorted(s for s, r in rows.items() if "gradients/depth/early_flow_rel_head" in r) == [1, 3]
+    assert sorted(s for s, r in rows.items() if "gradients/depth/early_grad_to_weight" in r) == [1, 2, 3, 4]
+    # one history row per logged step, one per epoch end (the depth profile), the train-end media row
+    assert len(hist) == len(log.steps) + 2 + 1
 
 
 @requires_coco8
-def test_alone_depth_signals_per_layer_equal_local_log(alone):
-    """Gradient flow and activation health reach W&B per top-level layer, equal to the local log."""
+def test_alone_native_line_charts_per_family_equal_local_log(alone):
+    """One wandb.plot.line_series per varying family (every layer a line, depth order), at train end; act_dead
+    (always 0 on SiLU), act_saturated (no Sigmoid/Tanh-like unit) and update_to_weight (sampled at step 1 only here,
+    where Ultralytics' warmup lr is 0: always 0) are left out."""
     log = alone.log
-    layers = log.header["layers"]
-    assert log.header["flow"] and log.header["activation_health"]
-    rows = gradient_rows(history(alone.records))
-    # defaults: flow on every 2nd logged step (1, 3), activation health on every 10th (1)
-    assert [r["step"] for r in log.steps if r["flow_backwards"] >= 1] == [1, 3]
-    for rec in log.steps:
-        row = rows[rec["step"]]
-        flow_sampled = rec["step"] in (1, 3)
-        for field, name in (("flow_norm", "flow"), ("flow_attenuation", "flow_attenuation"),
-                            ("act_saturated", "act_saturated"), ("act_dead", "act_dead")):
-            values = rec[field]
-            assert len(values) == len(layers)
-            for layer, v in zip(layers, values):
-                key = f"gradients/{name}/{layer}"
-                assert (key in row) == (v is not None), (rec["step"], key)
-                if v is not None:
-                    assert close(row[key], v), (rec["step"], key)
-        if flow_sampled:
-            assert close(row[f"gradients/flow_attenuation/{layers[-1]}"], 1.0)  # relative to the head
-        # every layer, Concat too, on the sampled steps; none in between
-        assert sum(f"gradients/flow/{layer}" in row for layer in layers) == (len(layers) if flow_sampled else 0)
-        # SiLU layers report dead units on the sampled steps: every health_every=10-th logged step, here step 1
-        assert (f"gradients/act_dead/{layers[0]}" in row) == (rec["step"] == 1), rec["step"]
+    hist = history(alone.records)
+    charts = visualize(alone.records)
+    line_keys = sorted(k for k in charts if k.startswith("gradmon/layers/"))
+    varied = sorted(f"gradmon/layers/{f}" for f in CHART_FAMILIES if len(distinct_values(log, f)) > 1)
+    assert line_keys == varied
+    assert {"gradmon/layers/grad_norm", "gradmon/layers/grad_to_weight", "gradmon/layers/flow_attenuation"} <= set(varied)
+    assert distinct_values(log, "act_dead") == {0.0} and not distinct_values(log, "act_saturated")
+    for key in line_keys:
+        family = key.rsplit("/", 1)[-1]
+        cfg = charts[key]
+        assert cfg["panelDefId"] == "wandb/lineseries/v0" and cfg["stringSettings"]["xname"] == STEP_KEY
+        ((step, table),) = tables(alone.run_dir, hist, f"{key}_table")  # train end only (wandb_media_every=0)
+        assert step == 4 and table["columns"] == ["step", "lineKey", "lineVal"]
+        names = log.modules if family in MODULE_FAMILIES else log.header["layers"]
+        assert list(dict.fromkeys(r[1] for r in table["data"])) == [  # depth order, every layer with a value
+            n for i, n in enumerate(names) if any(r[family][i] is not None and r[family][i] > 0 for r in log.steps)
+        ]
+        want = {(r["step"], names[i]): math.log10(v) for r in log.steps for i, v in enumerate(r[family])
+                if v is not None and v > 0}
+        got = {(x, name): y for x, name, y in table["data"]}
+        assert set(got) == set(want)
+        assert all(abs(got[k] - want[k]) < 1e-9 for k in want), family
+    assert {"act_dead", "act_saturated"}.isdisjoint(k.rsplit("/", 1)[-1] for k in line_keys)
+
+
+@requires_coco8
+def test_alone_depth_profile_each_epoch_equals_local_log(alone):
+    log = alone.log
+    hist = history(alone.records)
+    cfg = visualize(alone.records)["gradmon/depth_profile"]
+    assert cfg["panelDefId"] == "wandb/line/v0"
+    assert cfg["fieldSettings"]["x"] == "index" and cfg["fieldSettings"]["y"] == "log10_median"
+    logged = tables(alone.run_dir, hist, "gradmon/depth_profile_table")
+    assert [s for s, _ in logged] == [2, 4]  # after epoch 1 (steps 1-2) and epoch 2 (steps 3-4)
+    for epoch, (_, table) in enumerate(logged, start=1):
+        assert table["columns"] == PROFILE_COLUMNS
+        want = layer_profile([r for r in log.steps if r["epoch"] == epoch], log.header)
+        assert len(table["data"]) == len(want) == 24
+        for got, w in zip(table["data"], want):
+            row = dict(zip(PROFILE_COLUMNS, got))
+            assert row["epoch"] == epoch and (row["index"], row["layer"]) == (w["index"], w["layer"])
+            for c in ("median", "min", "max"):
+                assert close(row[c], w[c]), (epoch, w["layer"], c)
+            assert close(row["log10_median"], math.log10(w["median"]))
+        assert dict(zip(PROFILE_COLUMNS, table["data"][-1]))["median"] == 1.0  # the head, relative to itself
 
 
 @requires_coco8
@@ -244,11 +335,10 @@ def test_alone_media_and_flags_table(alone):
     media = [h for h in history(alone.records) if "gradmon/heatmap._type" in h]
     assert len(media) == 1 and media[0][STEP_KEY] == 4
     row = media[0]
-    for key in ("gradmon/heatmap", "gradmon/curves"):
-        assert row[f"{key}._type"] == "image-file"
-        png = alone.run_dir / "files" / row[f"{key}.path"]
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (alone.mon.out_dir / "heatmap.png").is_file() and (alone.mon.out_dir / "curves.png").is_file()
+    assert row["gradmon/heatmap._type"] == "image-file"
+    png = alone.run_dir / "files" / row["gradmon/heatmap.path"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (alone.mon.out_dir / "heatmap.png").is_file()
     assert row["gradmon/flags._type"] == "table-file"
     table = json.loads((alone.run_dir / "files" / row["gradmon/flags.path"]).read_text())
     assert table["columns"] == FLAG_COLUMNS
@@ -273,6 +363,14 @@ def test_alone_summary_fields(alone):
     assert s["gradmon/weakest_grad_to_weight"] == pytest.approx(weakest["median_grad_to_weight"], rel=1e-9)
     assert 0 < s["gradmon/worst_attenuation"] <= 1
     assert s["gradmon/alerts_sent"] == 18
+    depth = alone.mon.summary["depth"]  # run-level depth medians, for the runs table of a group
+    assert s["gradmon/early_flow_rel_head"] == pytest.approx(depth["early_flow"], rel=1e-9)
+    assert s["gradmon/weakest_flow_rel_head"] == pytest.approx(depth["weakest_flow"], rel=1e-9)
+    assert s["gradmon/early_grad_to_weight"] == pytest.approx(depth["early_grad_to_weight"], rel=1e-9)
+    assert s["gradmon/weakest_layer"] == depth["weakest_layer"]
+    # SiLU: dead fraction always 0, no saturating unit: not charted, and said so
+    assert "act_dead=0" in s["gradmon/constant_families"].split(", ")
+    assert s["gradmon/unmeasured_families"] == "act_saturated"
 
 
 @requires_coco8
@@ -290,7 +388,8 @@ def test_alone_one_alert_per_module_and_kind(alone):
 SCRIPT = textwrap.dedent(
     '''
     """Two trainings with Ultralytics' W&B callback on: monitor callbacks in their usual place ("normal"), and moved
-    after every other callback ("late"), so its epoch-end flush comes after Ultralytics' commit=False."""
+    after every other callback ("late"), so its epoch-end flush comes after Ultralytics' commit=False; the late one
+    also streams every per-layer scalar family (wandb_layer_scalars="all")."""
     import json, sys
     from ultralytics import YOLO
     from ultralytics.utils import SETTINGS, TESTS_RUNNING
@@ -300,7 +399,8 @@ SCRIPT = textwrap.dedent(
     project = sys.argv[1]
     for order in ("normal", "late"):
         model = YOLO("yolo26n.yaml")
-        mon = GradientMonitor(log_every=1, wandb_media_every=1).attach(model)
+        scalars = "all" if order == "late" else "none"  # per-layer keys on request, in the late run
+        mon = GradientMonitor(log_every=1, wandb_media_every=1, wandb_layer_scalars=scalars).attach(model)
         if order == "late":
             def move_monitor_last(trainer, mon=mon):
                 for fns in trainer.callbacks.values():
@@ -370,18 +470,44 @@ def test_ultralytics_run_reused_and_epoch_rows_whole(with_ultralytics, order):
         if any(k.startswith(("train/", "lr/")) for k in h):
             assert all(k in h for k in UL_KEYS)
 
-    # the monitor's rows: every logged step, equal to the local log
-    assert_rows_equal_local_log(hist, r.log)
+    # the monitor's rows: every logged step, equal to the local log (per-layer scalars only on request)
+    assert_rows_equal_local_log(hist, r.log, per_layer=order == "late")
+    if order == "normal":
+        assert len(monitor_keys(hist)) <= MAX_MONITOR_KEYS, sorted(monitor_keys(hist))
     media = [h for h in hist if "gradmon/heatmap._type" in h]
     assert [h[STEP_KEY] for h in media] == [2, 4]  # wandb_media_every=1: after epoch 1, and at train end
+    for key in ("gradmon/layers/grad_norm_table", "gradmon/layers/flow_attenuation_table"):
+        assert [h[STEP_KEY] for h in hist if f"{key}.path" in h] == [2, 4]
+    assert [h[STEP_KEY] for h in hist if "gradmon/depth_profile_table.path" in h] == [2, 4]  # every epoch
 
-    steps_before_epoch1 = [h[STEP_KEY] for h in hist[: hist.index(epoch_rows[0])] if "gradients/norm/00.Conv" in h]
+    steps_before_epoch1 = [h[STEP_KEY] for h in hist[: hist.index(epoch_rows[0])] if "gradients/total_norm" in h]
     if order == "normal":
         assert steps_before_epoch1 == [1, 2]  # the epoch's last step was logged before Ultralytics' epoch row
     else:
         # the flush came after Ultralytics' commit=False: queued, and logged after their commit
         assert steps_before_epoch1 == [1]
         assert "streaming to W&B active run" in r.output
+
+
+@requires_coco8
+def test_layer_scalars_on_request_equal_local_log_constant_family_never_streamed(with_ultralytics):
+    """wandb_layer_scalars="all": flow and activation health per top-level layer equal the local log, except a
+    family whose every value was one constant (act_dead on SiLU: 0), which never gets a key."""
+    r = with_ultralytics["late"]
+    log, layers = r.log, r.log.header["layers"]
+    rows = gradient_rows(history(r.records))
+    assert [x["step"] for x in log.steps if x["flow_backwards"] >= 1] == [1, 3]
+    assert {v for x in log.steps for v in x["act_dead"] if v is not None} == {0.0}
+    for rec in log.steps:
+        row = rows[rec["step"]]
+        for field, name in (("flow_norm", "flow"), ("flow_attenuation", "flow_attenuation")):
+            for layer, v in zip(layers, rec[field]):
+                key = f"gradients/{name}/{layer}"
+                assert (key in row) == (v is not None), (rec["step"], key)
+                if v is not None:
+                    assert close(row[key], v), (rec["step"], key)
+        assert not any(k.startswith(("gradients/act_dead/", "gradients/act_saturated/")) for k in row)
+    assert "act_dead=0" in r.summary["summary"]["gradmon/constant_families"]
 
 
 # ---------------------------------------------------------------------------------------------------- faults
@@ -409,7 +535,7 @@ def test_wandb_fault_training_completes_local_log_whole(fault, tmp_path, monkeyp
 
         def log(self, data, *a, **k):
             calls.append(data.get(STEP_KEY))
-            if len(calls) == 3:
+            if "gradients/total_norm" in data and data[STEP_KEY] == 3:  # the row of the 3rd logged step
                 raise ConnectionError("wandb log failed (injected)")
             return real_log(self, data, *a, **k)
 
@@ -435,7 +561,7 @@ def test_wandb_fault_training_completes_local_log_whole(fault, tmp_path, monkeyp
         assert not dirs
     else:
         assert "wandb sink disabled after ConnectionError in log_step()" in warnings[0]
-        assert calls == [1, 2, 3]  # nothing more was attempted after the failure
+        assert calls == [1, 2, 2, 3]  # steps 1, 2, epoch 1's depth profile, step 3; nothing after the failure
         (run_dir,) = dirs
         recs = leet(run_dir)
         assert sorted(gradient_rows(history(recs))) == [1, 2]  # what was logged before the failure stays
@@ -465,15 +591,19 @@ class FakeRun:
 
 
 def fake_wandb(run=None):
+    plot = types.SimpleNamespace(line_series=lambda **k: ("line_series", k),
+                                 line=lambda table, x, y, title="": ("line", table, x, y, title))
     return types.SimpleNamespace(run=run, init=lambda **kw: FakeRun(), Image=lambda *a, **k: ("image", a),
-                                 Table=lambda **k: ("table", k))
+                                 Table=lambda **k: ("table", k), plot=plot)
 
 
-def fake_ctx(tmp_path, modules=("00.Conv", "01.Conv", "02.C3k2"), callbacks=None, **opts) -> RunInfo:
+def fake_ctx(tmp_path, modules=("00.Conv", "01.Conv", "02.C3k2"), callbacks=None, layers=None, layer_index=None,
+             **opts) -> RunInfo:
     cfg = GradmonConfig.from_dict(opts)
     n = len(modules)
     header = {"type": "header", "model": "m.yaml", "granularity": "layer", "modules": list(modules),
-              "trainable": [True] * n, "numel": [1] * n, "layer_index": list(range(n)), "config": cfg.to_dict()}
+              "trainable": [True] * n, "numel": [1] * n, "layer_index": list(layer_index or range(n)),
+              "layers": list(layers or []), "config": cfg.to_dict()}
     return RunInfo(header=header, cfg=cfg, save_dir=tmp_path, out_dir=tmp_path / "gradmon", epochs=10,
                    trainer_args={"project": None, "name": "t"}, callbacks=callbacks if callbacks is not None else {})
 
@@ -496,6 +626,13 @@ def test_started_run_gets_step_metric_and_flat_rows_nan_for_nonfinite(tmp_path):
     sink.log_step(record(1, [float("nan"), 2.0, float("inf")], has_grad=[True, False, True]), 2)
     (row,) = run.logged
     assert row[STEP_KEY] == 1 and row["gradients/flagged_modules"] == 2 and row["gradients/lr"] == 0.01
+    assert not any(k.startswith("gradients/norm/") for k in row)  # default: no per-layer scalar keys
+
+    sink = WandbSink(GradmonConfig(wandb_layer_scalars="grad_norm"), fake_wandb())
+    sink.start(fake_ctx(tmp_path, wandb_layer_scalars="grad_norm"))
+    run = sink.run
+    sink.log_step(record(1, [float("nan"), 2.0, float("inf")], has_grad=[True, False, True]), 2)
+    (row,) = run.logged
     assert math.isnan(row["gradients/norm/00.Conv"]) and math.isnan(row["gradients/norm/02.C3k2"])  # NaN/Inf → NaN
     assert not any("01.Conv" in k for k in row)  # no gradient at this step: no keys
     assert "gradients/amp_scale" not in row  # no AMP
@@ -596,3 +733,81 @@ def test_resumed_training_continues_its_run(tmp_path):
     assert seen["id"] == "abc123" and seen["resume"] == "allow" and seen["dir"] == str(tmp_path)
     assert seen["project"] == "Ultralytics" and seen["name"] == "t" and seen["job_type"] == "train"
     assert seen["config"]["gradmon"] == GradmonConfig().to_dict()
+
+
+def layer_record(step, epoch, n_modules, n_layers, rng, dead=0.0):
+    rec = record(step, rng.uniform(0.1, 10.0, n_modules).tolist())
+    rec["epoch"] = epoch
+    rec["update_to_weight"] = rec["update_to_weight"] if step % 10 == 1 else np.full(n_modules, np.nan)
+    rec["flow_backwards"] = 1
+    rec["flow_norm"] = rng.uniform(0.1, 10.0, n_layers).tolist()
+    rec["flow_attenuation"] = [*rng.uniform(1e-3, 1.0, n_layers - 1).tolist(), 1.0]
+    rec["act_saturated"] = [None] * n_layers
+    rec["act_dead"] = [dead] * n_layers if step % 10 == 1 else [None] * n_layers
+    return rec
+
+
+@pytest.mark.parametrize("model", ["yolo26n.yaml", "yolo11n.yaml"])
+def test_default_keys_at_most_40_charts_skip_constant_families(tmp_path, model):
+    """Layer granularity, default options, 3 epochs of 20 steps: at most 40 monitor keys (logical W&B keys: a chart
+    is stored as ``<key>_table``) whatever the model; no chart of the constant act_dead, none of the unmeasured
+    act_saturated; the summary says so."""
+    from ultralytics import YOLO
+
+    from yolo_gradmon.structure.layout import build_layout, layer_names
+
+    net = YOLO(model).model
+    layout, layers = build_layout(net, "layer"), layer_names(net)
+    ctx = fake_ctx(tmp_path, modules=layout.names, layers=layers, layer_index=layout.layer_index)
+    sink = WandbSink(GradmonConfig(), fake_wandb())
+    sink.start(ctx)
+    rng = np.random.default_rng(0)
+    records = []
+    for epoch in (1, 2, 3):
+        for step in range(20 * epoch - 19, 20 * epoch + 1):
+            records.append(layer_record(step, epoch, len(layout.names), len(layers), rng))
+            sink.log_step(records[-1], 0)
+        sink.epoch_end(epoch, 20 * epoch, History(records, []))
+    sink.finish({"flags": [], "steps_logged": len(records), "complete": True}, History(records, []))
+    keys = {k for row in sink.run.logged for k in row}
+    assert len(keys) <= MAX_MONITOR_KEYS, sorted(keys)
+    assert len([k for k in keys if k.startswith("gradients/")]) <= 12
+    charts = {k for k in keys if k.startswith("gradmon/layers/")}
+    assert charts == {f"gradmon/layers/{f}" for f in ("grad_norm", "grad_to_weight", "update_to_weight",
+                                                      "flow_attenuation")}
+    (final,) = [row for row in sink.run.logged if "gradmon/heatmap" in row]
+    kind, kw = final["gradmon/layers/grad_norm"]
+    assert kind == "line_series" and kw["keys"] == list(layout.names) and kw["xname"] == STEP_KEY
+    assert kw["xs"][0] == [r["step"] for r in records]
+    assert kw["ys"][0] == pytest.approx([math.log10(r["grad_norm"][0]) for r in records])
+    kind, kw = final["gradmon/layers/update_to_weight"]
+    assert kw["xs"][0] == [1, 11, 21, 31, 41, 51]  # sampled steps only
+    profiles = [row["gradmon/depth_profile"] for row in sink.run.logged if "gradmon/depth_profile" in row]
+    assert len(profiles) == 3  # every epoch
+    kind, table, x, y, _title = profiles[-1]
+    assert (kind, x, y) == ("line", "index", "log10_median") and table[1]["columns"] == PROFILE_COLUMNS
+    assert [r[2] for r in table[1]["data"]] == layers and table[1]["data"][-1][3] == 1.0
+    assert sink.run.summary["gradmon/constant_families"] == "act_dead=0"
+    assert sink.run.summary["gradmon/unmeasured_families"] == "act_saturated"
+
+
+def test_requested_constant_family_held_then_backfilled_at_its_steps(tmp_path):
+    """wandb_layer_scalars: a family is streamed once it varies, its earlier (constant) values backfilled at their
+    own gradients/step; a family constant over the whole run never gets a key."""
+    layers = ["00.Conv", "01.Conv", "02.Detect"]
+    ctx = fake_ctx(tmp_path, modules=layers, layers=layers, wandb_layer_scalars="act_dead,flow_norm")
+    sink = WandbSink(ctx.cfg, fake_wandb())
+    sink.start(ctx)
+    rng = np.random.default_rng(0)
+    for step in (1, 2, 3):
+        sink.log_step(layer_record(step, 1, 3, 3, rng, dead=0.0), 0)
+    assert all(not k.startswith("gradients/act_dead/") for row in sink.run.logged for k in row)
+    assert all(f"gradients/flow/{n}" in sink.run.logged[0] for n in layers)  # varied from step 1: streamed
+    rec = layer_record(11, 1, 3, 3, rng)
+    rec["act_dead"] = [0.0, 0.25, 0.0]  # now it varies
+    sink.log_step(rec, 0)
+    backfill, row = sink.run.logged[-2:]
+    assert backfill == {STEP_KEY: 1, **{f"gradients/act_dead/{n}": 0.0 for n in layers}}  # step 1 (health sampled)
+    assert row[STEP_KEY] == 11 and row["gradients/act_dead/01.Conv"] == 0.25
+    sink.log_step(layer_record(12, 1, 3, 3, rng), 0)
+    assert "gradients/act_dead/00.Conv" not in sink.run.logged[-1]  # not sampled at step 12: no key

@@ -22,6 +22,13 @@ def early_layers(n_layers: int) -> list[int]:
     return list(range(max(1, round((n_layers - 1) * EARLY_FRACTION))))
 
 
+def _seq(values) -> list:
+    """A record's per-module / per-layer array as a list (live records hold numpy arrays, read ones lists)."""
+    if values is None:
+        return []
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
 def _finite(values) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
@@ -40,7 +47,7 @@ def step_depth(record: dict, header: dict) -> dict:
     """
     layers = list(header.get("layers") or [])
     early = set(early_layers(len(layers)))
-    att = record.get("flow_attenuation") or []
+    att = _seq(record.get("flow_attenuation"))
     out: dict = {"early_flow": _median(att[i] for i in early if i < len(att)),
                  "weakest_flow": None, "weakest_layer": None}
     inner = [(float(v), i) for i, v in enumerate(att[: max(0, len(layers) - 1)]) if v is not None and math.isfinite(v)]
@@ -48,9 +55,11 @@ def step_depth(record: dict, header: dict) -> dict:
         v, i = min(inner)
         out["weakest_flow"], out["weakest_layer"] = v, layers[i]
     li = header.get("layer_index") or []
-    g2w = record.get("grad_to_weight") or []
-    has = record.get("has_grad") or [True] * len(g2w)
-    out["early_grad_to_weight"] = _median(g2w[m] for m in range(min(len(li), len(g2w))) if li[m] in early and has[m])
+    g2w = _seq(record.get("grad_to_weight"))
+    has = _seq(record.get("has_grad")) or [True] * len(g2w)
+    out["early_grad_to_weight"] = _median(
+        g2w[m] for m in range(min(len(li), len(g2w), len(has))) if li[m] in early and has[m]
+    )
     return out
 
 
@@ -65,3 +74,20 @@ def run_depth(records: Sequence[dict], header: dict) -> dict:
         "weakest_layer": max(set(weakest), key=weakest.count) if weakest else None,
         "early_grad_to_weight": _median(s["early_grad_to_weight"] for s in per_step),
     }
+
+
+def layer_profile(records: Sequence[dict], header: dict, field: str = "flow_attenuation") -> list[dict]:
+    """The depth profile of a per-layer field (default: flow relative to the head) over ``records``: one row per
+    top-level layer with ``index``, ``layer``, and the ``median``/``min``/``max`` over the records where that layer has
+    a finite value (``n`` of them; None when it has none, e.g. flow not sampled)."""
+    layers = list(header.get("layers") or [])
+    values: list[list[float]] = [[] for _ in layers]
+    for rec in records:
+        for i, v in enumerate(_seq(rec.get(field))[: len(layers)]):
+            if v is not None and math.isfinite(float(v)):
+                values[i].append(float(v))
+    return [
+        {"index": i, "layer": layer, "median": statistics.median(vals) if vals else None,
+         "min": min(vals) if vals else None, "max": max(vals) if vals else None, "n": len(vals)}
+        for i, (layer, vals) in enumerate(zip(layers, values))
+    ]

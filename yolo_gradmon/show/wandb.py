@@ -1,4 +1,4 @@
-"""Weights & Biases sink: per-step gradient metrics, media and flag tables, alerts.
+"""Weights & Biases sink: run-level gradient curves, native per-layer charts, the heatmap and flags table, alerts.
 
 One run per training
     If a W&B run is active when training starts (the user's ``wandb.init``, or Ultralytics' own W&B callback,
@@ -8,20 +8,69 @@ One run per training
     at train end (or, if training raises, in Ultralytics' ``teardown`` event, as failed). Either way the
     monitor's options are in the run config under ``gradmon``.
 
-Metrics (one flat ``run.log`` per logged optimizer step, x-axis ``gradients/step``)
-    ``gradients/step`` (the optimizer step, the x-axis of every ``gradients/*`` and ``gradmon/*`` key),
-    ``gradients/epoch``, ``gradients/lr`` (param group 0), ``gradients/total_norm``, ``gradients/clip_active``
-    (0/1), ``gradients/amp_scale`` and ``gradients/amp_skipped`` (0/1; with AMP only),
-    ``gradients/flagged_modules`` (modules with an active flag), and per module
-    ``gradients/norm/<module>``, ``gradients/grad_to_weight/<module>``, ``gradients/update_to_weight/<module>``
-    (with ``update_ratio=True``) and ``gradients/max_abs/<module>``; per top-level layer, with the depth signals
-    on, ``gradients/flow/<layer>`` (RMS of ‖dL/d out‖ over the step's backward passes),
-    ``gradients/flow_attenuation/<layer>`` (that over the head's, the least attenuated pass) and
-    ``gradients/act_saturated/<layer>`` / ``gradients/act_dead/<layer>`` (fractions; only layers that have such
-    activations). Module keys (``02.C3k2``) sort in depth
-    order. A module that received no gradient at a step has no keys in that step's row; a module that did has
-    all of them, with **NaN** where the statistic is non-finite (NaN/Inf gradients) or undefined (zero weight
-    norm): the same cells the local log stores as ``null``.
+Run-level curves (one flat ``run.log`` per logged optimizer step, x-axis ``gradients/step``; one panel each)
+    A handful of keys whatever the model's size, comparable across the runs of a group (an ablation's variants
+    are one line each). Healthy ranges from a real run (YOLO26n, COCO8, 320 px, batch 2, nbs 2, 30 epochs, seed 0:
+    60 logged steps; ``python benchmarks/wandb_panels.py --train``) and the calibration in ``configs/default.yaml``:
+
+    - ``gradients/step`` (the optimizer step, the x-axis of every ``gradients/*`` and ``gradmon/*`` key),
+      ``gradients/epoch``, ``gradients/lr`` (param group 0);
+    - ``gradients/total_norm``: ‖grad‖ of all parameters before clipping (healthy 78..1766 in that run; YOLO sums
+      its loss over the batch: 1e2..4e3 in the calibration runs);
+    - ``gradients/clip_active`` (0/1): 1 on every healthy YOLO step (``clip_norm`` 10 is below the summed loss'
+      norm); ``gradients/amp_scale`` and ``gradients/amp_skipped`` (0/1; with AMP only);
+    - ``gradients/flagged_modules``: modules with an active flag (healthy: 0);
+    - ``gradients/depth/early_flow_rel_head``: median flow relative to the head of the early layers (the first
+      quarter, :func:`~yolo_gradmon.record.depth.early_layers`), on the steps where the flow was sampled
+      (``flow_every``). Healthy 0.59..22 (it falls as training converges); vanishing shows as a fall by decades;
+    - ``gradients/depth/weakest_flow_rel_head`` and ``gradients/depth/weakest_layer_index``: the smallest flow
+      relative to the head of any layer but the head, and that layer's index. Healthy 0.034..0.72 (17.Conv);
+      YOLO11n's 20.Conv sits near 1e-3 (calibration minimum 6.7e-4); below ``vanish_flow_attenuation`` (1e-5) it is
+      vanishing evidence;
+    - ``gradients/depth/early_grad_to_weight``: median ‖grad‖/‖w‖ of the modules in the early layers. Healthy
+      2.5..66 (before clipping, summed loss); ``vanish_grad_to_weight`` is 1e-6.
+
+    No per-layer scalar by default: everything per module or layer is in the native charts below and in the local
+    log (``gradients.jsonl``, ``modules.parquet``, ``layers.parquet``), whatever the options say.
+
+Per-layer scalars on request (``wandb_layer_scalars``: ``none`` | ``all`` | comma-separated families)
+    Per module ``gradients/norm/<module>`` (grad_norm), ``gradients/grad_to_weight/<module>``,
+    ``gradients/update_to_weight/<module>`` (with ``update_ratio=True``; only on its sampled steps) and
+    ``gradients/max_abs/<module>`` (max_abs_grad); per top-level layer ``gradients/flow/<layer>`` (flow_norm: RMS of
+    ‖dL/d out‖ over the step's backward passes), ``gradients/flow_attenuation/<layer>`` and
+    ``gradients/act_saturated/<layer>`` / ``gradients/act_dead/<layer>``. Module keys (``02.C3k2``) sort in depth
+    order. A module that received no gradient at a step has no keys in that step's row; one that did has them, with
+    **NaN** where the statistic is non-finite or undefined (the local log's ``null``). A family is held back while
+    every value it had is one constant (``act_dead`` on a SiLU model: always 0), so it never makes a wall of flat
+    panels; once it varies, its held values are logged at their own ``gradients/step`` and it streams from then on.
+
+Native charts (``gradmon/*``; W&B custom charts and tables: hover, zoom, edit the Vega spec)
+    - ``gradmon/layers/<family>`` (``wandb.plot.line_series``, stored as ``gradmon/layers/<family>_table`` with
+      columns step, lineKey, lineVal): every module / layer a line, in depth order, over the logged steps, for
+      ``grad_norm``, ``grad_to_weight``, ``update_to_weight`` and ``flow_attenuation`` (log10 values) and
+      ``act_saturated`` / ``act_dead`` (fractions). A family that is constant or unmeasured over the run is left out
+      and named in the summary (``gradmon/constant_families``, ``gradmon/unmeasured_families``). At most
+      :data:`MAX_CHART_ROWS` points per chart: a longer run's logged steps are thinned evenly (the last one kept).
+      Logged at train end and every ``wandb_media_every`` epochs.
+    - ``gradmon/depth_profile`` (``wandb.plot.line`` over the table ``gradmon/depth_profile_table``: epoch, index,
+      layer, median, min, max, log10_median, n): flow relative to the head by layer over the epoch's logged steps,
+      x = layer index, y = log10 median. Logged at every epoch end (with flow measured in the epoch).
+    - ``gradmon/heatmap`` (``wandb.Image`` of :mod:`yolo_gradmon.show.figures`' heatmap: log10 ‖grad‖, module x
+      logged step; periodic ones written as ``wandb_media/heatmap_epoch0003.png``, or into a temp dir if the gradmon
+      dir is not writable) and ``gradmon/flags`` (a ``wandb.Table``: kind, module, first_step, last_step, active,
+      evidence JSON), at train end and every ``wandb_media_every`` epochs.
+
+    Every chart row is logged at the last logged ``gradients/step``, through the same queue as the steps' rows.
+
+Run summary
+    ``gradmon/steps_logged``, ``gradmon/verdict``, ``gradmon/flagged_modules`` (count),
+    ``gradmon/flagged_module_names``, ``gradmon/n_flags`` and ``gradmon/n_<kind>``, ``gradmon/weakest_module``,
+    ``gradmon/weakest_grad_to_weight`` (its median ‖grad‖/‖w‖), ``gradmon/worst_attenuation`` (that median over the
+    median of all modules' medians), ``gradmon/gradient_range_decades`` (log10 of the largest over the smallest
+    module median ‖grad‖), the run's medians of the depth curves ``gradmon/early_flow_rel_head``,
+    ``gradmon/weakest_flow_rel_head``, ``gradmon/early_grad_to_weight`` and ``gradmon/weakest_layer`` (the layer
+    that was the weakest most often): columns of a group's runs table; ``gradmon/constant_families`` (``act_dead=0``)
+    and ``gradmon/unmeasured_families`` (``act_saturated``), ``gradmon/alerts_sent``, ``gradmon/complete``.
 
 Ultralytics' epoch rows stay whole
     Ultralytics' W&B callback logs losses and learning rates with ``commit=False`` in ``on_train_epoch_end``
@@ -29,19 +78,8 @@ Ultralytics' epoch rows stay whole
     commit their half row early (a split epoch). The monitor's callbacks are registered on the model, so they
     run before the integration callbacks of each event and never log inside that window; to be safe whatever
     the callback order, the sink places two flag-only markers right after Ultralytics' ``on_train_epoch_end``
-    and ``on_fit_epoch_end`` W&B callbacks and queues its rows while their row is open (logged at its next
-    call after the commit, still at their own ``gradients/step``).
-
-Media (``gradmon/*``, at train end and every ``wandb_media_every`` epochs)
-    ``gradmon/heatmap`` and ``gradmon/curves`` (``wandb.Image`` of :mod:`yolo_gradmon.show.figures`' PNGs, written
-    into the gradmon dir as ``heatmap.png``/``curves.png``, periodic ones as ``wandb_media/heatmap_epoch0003.png``
-    etc., or into a temp dir if the gradmon dir is not writable) and ``gradmon/flags`` (a ``wandb.Table``: kind,
-    module, first_step, last_step, active, evidence JSON), logged at the last logged ``gradients/step``. Run summary: ``gradmon/steps_logged``,
-    ``gradmon/flagged_modules`` (count), ``gradmon/flagged_module_names``, ``gradmon/n_flags`` and
-    ``gradmon/n_<kind>``, ``gradmon/weakest_module``, ``gradmon/weakest_grad_to_weight`` (its median
-    ‖grad‖/‖w‖), ``gradmon/worst_attenuation`` (that median over the median of all modules' medians),
-    ``gradmon/gradient_range_decades`` (log10 of the largest over the smallest module median ‖grad‖),
-    ``gradmon/alerts_sent``, ``gradmon/complete``.
+    and ``on_fit_epoch_end`` W&B callbacks and queues its rows (charts too) while their row is open (logged at its
+    next call after the commit, still at their own ``gradients/step``).
 
 Alerts
     One ``run.alert`` per (module, kind) for ``nonfinite`` (ERROR), ``exploding`` and ``vanishing`` (WARN),
@@ -62,22 +100,46 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from ultralytics.utils import LOGGER
 
-from ..config import GradmonConfig
+from ..config import LAYER_FAMILIES, PREFIX, GradmonConfig
 from ..judge.rules import KINDS, Flag
-from ..record.logfile import LAYER_COLUMNS, dumps, finite_or_none
+from ..record.depth import layer_profile, step_depth
+from ..record.logfile import dumps, finite_or_none
 from ..record.tables import module_frame
-from ..config import PREFIX
 from .sink import History, RunInfo, Sink
 
 STEP_KEY = "gradients/step"
-_DEPTH_SECTION = {"flow_norm": "flow"}  # W&B section of a per-layer log field (the others keep the field's name)
 ALERT_KINDS = {"nonfinite": "ERROR", "exploding": "WARN", "vanishing": "WARN"}
 MAX_ALERTS = 20  # per run; one more alert says that further flags are only in the table
 FLAG_COLUMNS = ["kind", "module", "first_step", "last_step", "active", "evidence"]
+PROFILE_COLUMNS = ["epoch", "index", "layer", "median", "min", "max", "log10_median", "n"]
+MODULE_FAMILIES = ("grad_norm", "grad_to_weight", "update_to_weight", "max_abs_grad")  # one value per module
+# W&B key section of each family's per-layer scalars (wandb_layer_scalars): gradients/<section>/<module or layer>
+SCALAR_SECTION = {"grad_norm": "norm", "grad_to_weight": "grad_to_weight", "update_to_weight": "update_to_weight",
+                  "max_abs_grad": "max_abs", "flow_norm": "flow", "flow_attenuation": "flow_attenuation",
+                  "act_saturated": "act_saturated", "act_dead": "act_dead"}
+# the run-level depth curves: W&B key -> step_depth field
+DEPTH_KEYS = {
+    "gradients/depth/early_flow_rel_head": "early_flow",
+    "gradients/depth/weakest_flow_rel_head": "weakest_flow",
+    "gradients/depth/early_grad_to_weight": "early_grad_to_weight",
+}
+WEAKEST_LAYER_KEY = "gradients/depth/weakest_layer_index"
+# native per-layer line charts (wandb.plot.line_series, key gradmon/layers/<family>): family -> (title, log10 values)
+CHART_FAMILIES = {
+    "grad_norm": ("log10 ‖grad‖ per {unit}", True),
+    "grad_to_weight": ("log10 ‖grad‖/‖w‖ per {unit}", True),
+    "update_to_weight": ("log10 ‖Δw‖/‖w‖ per {unit} (sampled steps)", True),
+    "flow_attenuation": ("log10 flow relative to the head per layer", True),
+    "act_saturated": ("Saturated-unit fraction per layer", False),
+    "act_dead": ("Dead-unit fraction per layer", False),
+}
+PROFILE_KEY = "gradmon/depth_profile"  # W&B stores its table as gradmon/depth_profile_table
+MAX_CHART_ROWS = 10_000  # wandb.Table.MAX_ROWS: a longer run's chart thins its logged steps evenly (the last kept)
 _UL_WB_MODULE = "ultralytics.utils.callbacks.wb"  # Ultralytics' own W&B integration callbacks
 _NAN = float("nan")
 
@@ -113,8 +175,18 @@ def make_wandb_sink(cfg: GradmonConfig) -> "WandbSink | None":
     return WandbSink(cfg, wandb)
 
 
+
+class _Held:
+    """A requested per-layer scalar family that has not varied yet: its constant and the cells held back."""
+
+    def __init__(self):
+        self.value: float | None = None  # the one value seen so far
+        self.cells: list[tuple[int, list[tuple[str, float]]]] = []  # (step, [(key, value)]) not logged yet
+
+
 class WandbSink(Sink):
-    """Streams the monitor's logged steps, flags and media to one W&B run (see the module docstring)."""
+    """Streams the monitor's logged steps, flags, depth curves and native charts to one W&B run (see the module
+    docstring)."""
 
     name = "wandb"
 
@@ -132,10 +204,10 @@ class WandbSink(Sink):
         self._alerts_capped = False
         self._row_open = False  # Ultralytics' W&B callback has an uncommitted (commit=False) row
         self._queue: list[dict] = []
-        self._depth_keys: dict[str, list[str]] = {}  # per LAYER_COLUMNS field: one key per top-level layer
+        self._scalars: dict[str, list[str]] = {}  # wandb_layer_scalars: family -> one key per module / layer
+        self._held: dict[str, _Held] = {}  # requested families not streamed yet (constant so far)
         self._finished = False
         self._media_dir: Path | None = None
-        self._keys: list[tuple[str, str, str, str]] = []
 
     # ------------------------------------------------------------------ events
     def start(self, info: RunInfo) -> None:
@@ -155,22 +227,22 @@ class WandbSink(Sink):
         run.define_metric(STEP_KEY)
         run.define_metric("gradients/*", step_metric=STEP_KEY)
         run.define_metric("gradmon/*", step_metric=STEP_KEY)
-        self._keys = [
-            (f"gradients/norm/{m}", f"gradients/grad_to_weight/{m}", f"gradients/update_to_weight/{m}",
-             f"gradients/max_abs/{m}")
-            for m in info.modules
-        ]
-        layers = info.layers  # every top-level layer, parameter-free ones too
-        self._depth_keys = {
-            field: [f"gradients/{_DEPTH_SECTION.get(field, field)}/{layer}" for layer in layers]
-            for field in LAYER_COLUMNS
+        families = [f for f in info.cfg.layer_scalar_families() if f != "update_to_weight" or info.cfg.update_ratio]
+        self._scalars = {
+            f: [f"gradients/{SCALAR_SECTION[f]}/{n}" for n in (info.modules if f in MODULE_FAMILIES else info.layers)]
+            for f in families
         }
+        self._held = {f: _Held() for f in families}
         self._place_markers(info.callbacks)
         whose = "new run" if self.owns_run else "active run"
         LOGGER.info(f"{PREFIX}streaming to W&B {whose} {getattr(run, 'name', None) or getattr(run, 'id', '')!r} (x-axis {STEP_KEY})")
 
     def log_step(self, record: dict, n_flagged: int) -> None:
-        self._log(self._row(record, n_flagged))
+        row = self._row(record, n_flagged)
+        if self._scalars:
+            for backfill in self._layer_scalars(record, row):
+                self._log(backfill)
+        self._log(row)
         self.steps_logged += 1
         self.last_step = int(record["step"])
 
@@ -197,18 +269,26 @@ class WandbSink(Sink):
 
     def epoch_end(self, epoch: int, step: int, history: History) -> None:
         self._drain()
+        row = self._profile_row(history.records, epoch)  # every epoch
         every = self.cfg.wandb_media_every
         final = self.info.epochs
         if every > 0 and epoch % every == 0 and not (isinstance(final, int) and epoch >= final):
             flags = [f.to_dict() for f in self.flags.values()]
-            self._log(self._media_row(history.records, flags, epoch))  # the train-end media cover the last epoch
+            row.update(self._media_row(history.records, flags, epoch))  # the train-end media cover the last epoch
+        if row:
+            if self.last_step is not None:
+                row[STEP_KEY] = self.last_step
+            self._log(row)
 
     def finish(self, summary: dict, history: History) -> None:
         self._row_open = False  # train end: Ultralytics' last row was committed in on_fit_epoch_end
         self._drain()
         flags = summary.get("flags") or []  # resumed flags too
-        self._log(self._media_row(history.records, flags, None, summary.get("media")))
-        self.run.summary.update(_summary_fields(summary, self.alerts_sent))
+        row = self._media_row(history.records, flags, None, summary.get("media"))
+        if self.last_step is not None:
+            row[STEP_KEY] = self.last_step
+        self._log(row)
+        self.run.summary.update(_summary_fields(summary, self.alerts_sent, history.records, self.info))
         self._finished = True
         if self.owns_run:
             self.run.finish()
@@ -222,6 +302,7 @@ class WandbSink(Sink):
 
     # ------------------------------------------------------------------ logging
     def _row(self, record: dict, n_flagged: int) -> dict:
+        """The run-level row of one logged step (a few keys whatever the model's size)."""
         row: dict[str, Any] = {
             STEP_KEY: int(record["step"]),
             "gradients/epoch": int(record["epoch"]),
@@ -230,29 +311,53 @@ class WandbSink(Sink):
             "gradients/flagged_modules": int(n_flagged),
         }
         lr = record.get("lr") or []
-        if lr:
+        if len(lr):
             row["gradients/lr"] = _num(lr[0])
         if record.get("amp_scale") is not None:
             row["gradients/amp_scale"] = _num(record["amp_scale"])
         if record.get("amp_skipped") is not None:
             row["gradients/amp_skipped"] = int(bool(record["amp_skipped"]))
-        has = record.get("has_grad")
-        gn, g2w, u2w, mx = (record[c] for c in ("grad_norm", "grad_to_weight", "update_to_weight", "max_abs_grad"))
-        upd = self.cfg.update_ratio
-        for i, (k_n, k_g, k_u, k_m) in enumerate(self._keys):
-            if has is not None and not has[i]:
-                continue  # no gradient reached this module at this step: no keys
-            row[k_n] = _num(gn[i])
-            row[k_g] = _num(g2w[i])
-            if upd:
-                row[k_u] = _num(u2w[i])
-            row[k_m] = _num(mx[i])
-        for field, keys in self._depth_keys.items():
-            values = record.get(field) or []
-            for key, v in zip(keys, values):
-                if v is not None:  # layer not reached by this step's passes / no activation of that kind: no key
-                    row[key] = _num(v)
+        depth = step_depth(record, self.info.header)
+        for key, field in DEPTH_KEYS.items():
+            if depth[field] is not None:  # flow not sampled at this step / no early module with a gradient: no key
+                row[key] = depth[field]
+        if depth["weakest_layer"] is not None:
+            row[WEAKEST_LAYER_KEY] = self.info.layers.index(depth["weakest_layer"])
         return row
+
+    def _layer_scalars(self, record: dict, row: dict) -> list[dict]:
+        """Add the requested per-layer scalars to ``row``; a family is held back while every value it had is one
+        constant (no wall of flat panels), and backfilled at its own steps once it varies. Returns the backfill
+        rows to log first."""
+        step = int(record["step"])
+        has = record.get("has_grad")
+        backfill: dict[int, dict] = {}
+        for family, keys in self._scalars.items():
+            values = record.get(family)
+            if values is None:
+                continue
+            module = family in MODULE_FAMILIES
+            cells = [
+                (key, _num(v)) for i, (key, v) in enumerate(zip(keys, values))
+                if (not module or has is None or has[i]) and (module or v is not None)
+            ]
+            if family == "update_to_weight" and all(math.isnan(v) for _, v in cells):
+                continue  # not a sampled step of the update ratio (update_every): no keys
+            held = self._held.get(family)
+            if held is None:  # streamed: it has varied
+                row.update(cells)
+                continue
+            if held.value is None and cells:
+                held.value = cells[0][1]
+            if all(v == held.value for _, v in cells):  # NaN never equals: a non-finite value is streamed
+                if cells:
+                    held.cells.append((step, cells))
+                continue
+            for s, old in held.cells:
+                backfill.setdefault(s, {STEP_KEY: s}).update(old)
+            del self._held[family]
+            row.update(cells)
+        return [backfill[s] for s in sorted(backfill)]
 
     def _log(self, row: dict) -> None:
         if self._row_open:
@@ -267,20 +372,58 @@ class WandbSink(Sink):
         while self._queue:
             self.run.log(self._queue.pop(0))
 
-    # ------------------------------------------------------------------ media
+    # ------------------------------------------------------------------ charts and media
+    def _profile_row(self, records: Sequence[dict], epoch: int) -> dict:
+        """``gradmon/depth_profile``: flow relative to the head by layer over the epoch's logged steps (a table and
+        a line chart of its log10 median over the layer index); empty without flow values in the epoch."""
+        recs = [r for r in records if r.get("epoch") == epoch and r.get("flow_attenuation") is not None]
+        rows = [
+            [int(epoch), p["index"], p["layer"], p["median"], p["min"], p["max"],
+             math.log10(p["median"]) if p["median"] else None, p["n"]]
+            for p in layer_profile(recs, self.info.header)
+        ]
+        if not any(r[3] is not None for r in rows):
+            return {}
+        table = self.wb.Table(columns=PROFILE_COLUMNS, data=rows)
+        chart = self.wb.plot.line(
+            table, "index", "log10_median",
+            title="Depth profile: log10 flow relative to the head by layer index (median over the epoch)",
+        )
+        return {PROFILE_KEY: chart}
+
+    def _line_charts(self, records: Sequence[dict]) -> dict:
+        """``gradmon/layers/<family>``: one native line chart per family, every layer (module) a line in depth order
+        over the logged steps; families that are constant or unmeasured over the run are left out."""
+        info = self.info
+        unit = "layer" if info.header.get("granularity", "layer") == "layer" else info.header.get("granularity")
+        out = {}
+        for family, (title, log) in CHART_FAMILIES.items():
+            if _family_state(records, family)[0] != "varied":
+                continue
+            names = info.modules if family in MODULE_FAMILIES else info.layers
+            xs, ys = _series(records, family, len(names), log, family in MODULE_FAMILIES)
+            keep = [i for i, x in enumerate(xs) if x]
+            if not keep:
+                continue
+            out[f"gradmon/layers/{family}"] = self.wb.plot.line_series(
+                xs=[xs[i] for i in keep], ys=[ys[i] for i in keep], keys=[names[i] for i in keep],
+                title=title.format(unit=unit), xname=STEP_KEY,
+            )
+        return out
+
     def _media_row(self, records: list[dict], flags: list[dict], epoch: int | None, rendered: dict | None = None) -> dict:
-        """Heatmap, curves and flags table (``flags``: ``Flag.to_dict()`` rows) of everything logged so far
-        (``epoch``: a periodic one)."""
+        """Heatmap, flags table and native per-layer charts of everything logged so far (``flags``:
+        ``Flag.to_dict()`` rows; ``epoch``: a periodic one)."""
         from . import figures  # matplotlib: imported only when media are drawn
 
         info = self.info
         out = self._media_path()
-        if epoch is not None:  # periodic media: kept apart from the final heatmap.png / curves.png
+        if epoch is not None:  # periodic media: kept apart from the final heatmap.png
             out, tag, when = out / "wandb_media", f"_epoch{epoch:04d}", f" (after epoch {epoch})"
         else:
             tag = when = ""
-        if rendered and all(Path(rendered.get(k, "")).is_file() for k in ("heatmap", "curves")):
-            heat, curves = Path(rendered["heatmap"]), Path(rendered["curves"])  # the monitor's local PNGs
+        if rendered and Path(rendered.get("heatmap", "")).is_file():
+            heat = Path(rendered["heatmap"])  # the monitor's local PNG
         else:
             frame = module_frame(records, info.modules)  # the monitor's records, resumed ones too
             flagged = sorted({f["module"] for f in flags})
@@ -289,20 +432,16 @@ class WandbSink(Sink):
                 frame, info.modules, out / f"heatmap{tag}.png", column="grad_norm",
                 title=f"Parameter-gradient norm ‖grad‖ per module, {what}{when}", flagged=flagged
             )
-            curves = figures.curves_png(frame, info.modules, out / f"curves{tag}.png", column="grad_norm")
         rows = [
             [f["kind"], f["module"], int(f["first_step"]), int(f["last_step"]), bool(f.get("active", True)),
              dumps(f.get("evidence") or {})]
             for f in flags
         ]
-        row: dict[str, Any] = {
+        return {
             "gradmon/heatmap": self.wb.Image(str(heat), caption="log10 ‖grad‖, module x logged step"),
-            "gradmon/curves": self.wb.Image(str(curves), caption="‖grad‖ per module over logged steps"),
             "gradmon/flags": self.wb.Table(columns=FLAG_COLUMNS, data=rows),
+            **self._line_charts(records),
         }
-        if self.last_step is not None:
-            row[STEP_KEY] = self.last_step
-        return row
 
     def _media_path(self) -> Path:
         if self._media_dir is None:
@@ -377,6 +516,56 @@ def _num(v) -> float:
     return _NAN if v is None else v
 
 
+def _values(record: dict, family: str) -> list:
+    v = record.get(family)
+    if v is None:
+        return []
+    return v.tolist() if hasattr(v, "tolist") else list(v)
+
+
+def _family_state(records: Sequence[dict], family: str) -> tuple[str, float | None]:
+    """``("varied", None)``, ``("constant", value)`` (every finite value of the run is that one) or
+    ``("unmeasured", None)`` (no finite value at all, e.g. act_saturated without Sigmoid/Tanh-like units)."""
+    module = family in MODULE_FAMILIES
+    first = None
+    for rec in records:
+        has = rec.get("has_grad") if module else None
+        for i, v in enumerate(_values(rec, family)):
+            if v is None or (has is not None and not has[i]):
+                continue
+            v = float(v)
+            if not math.isfinite(v):
+                continue
+            if first is None:
+                first = v
+            elif v != first:
+                return "varied", None
+    return ("unmeasured", None) if first is None else ("constant", first)
+
+
+def _series(records: Sequence[dict], family: str, n: int, log: bool, module: bool) -> tuple[list[list], list[list]]:
+    """Per module/layer: the logged steps with a finite value of ``family`` (positive when ``log``) and the values
+    (log10 when ``log``), over at most :data:`MAX_CHART_ROWS` points in all (evenly thinned steps, the last kept)."""
+    recs = [r for r in records if r.get(family) is not None]
+    k = max(1, math.ceil(len(recs) * n / MAX_CHART_ROWS))
+    if k > 1:
+        recs = recs[::-1][::k][::-1]  # keeps the last step
+    xs: list[list] = [[] for _ in range(n)]
+    ys: list[list] = [[] for _ in range(n)]
+    for rec in recs:
+        step = int(rec["step"])
+        has = rec.get("has_grad") if module else None
+        for i, v in enumerate(_values(rec, family)[:n]):
+            if v is None or (has is not None and not has[i]):
+                continue
+            v = float(v)
+            if not math.isfinite(v) or (log and v <= 0):
+                continue
+            xs[i].append(step)
+            ys[i].append(math.log10(v) if log else v)
+    return xs, ys
+
+
 def _alert_text(flag: Flag) -> str:
     ev = flag.evidence
     parts = []
@@ -396,7 +585,7 @@ def _alert_text(flag: Flag) -> str:
     )
 
 
-def _summary_fields(summary: dict, alerts_sent: int) -> dict:
+def _summary_fields(summary: dict, alerts_sent: int, records: Sequence[dict] = (), info: RunInfo | None = None) -> dict:
     flags = summary.get("flags") or []
     flagged = list(summary.get("flagged_modules") or [])
     out: dict[str, Any] = {
@@ -407,6 +596,8 @@ def _summary_fields(summary: dict, alerts_sent: int) -> dict:
         "gradmon/alerts_sent": int(alerts_sent),
         "gradmon/complete": bool(summary.get("complete")),
     }
+    if summary.get("verdict") is not None:
+        out["gradmon/verdict"] = str(summary["verdict"])
     for kind in KINDS:
         out[f"gradmon/n_{kind}"] = sum(1 for f in flags if f.get("kind") == kind)
     stats = [s for s in summary.get("module_stats") or [] if s.get("median_grad_to_weight") is not None]
@@ -423,6 +614,16 @@ def _summary_fields(summary: dict, alerts_sent: int) -> dict:
              if s.get("median_grad_norm") is not None and math.isfinite(s["median_grad_norm"]) and s["median_grad_norm"] > 0]
     if norms:
         out["gradmon/gradient_range_decades"] = math.log10(max(norms) / min(norms))
+    depth = summary.get("depth") or {}  # run_depth: medians over the run's logged steps, for the runs table
+    for key, field in DEPTH_KEYS.items():
+        if depth.get(field) is not None:
+            out[f"gradmon/{key.rsplit('/', 1)[-1]}"] = float(depth[field])
+    if depth.get("weakest_layer") is not None:
+        out["gradmon/weakest_layer"] = str(depth["weakest_layer"])
+    if records:
+        states = {f: _family_state(records, f) for f in LAYER_FAMILIES if any(r.get(f) is not None for r in records)}
+        out["gradmon/constant_families"] = ", ".join(f"{f}={v:g}" for f, (s, v) in states.items() if s == "constant")
+        out["gradmon/unmeasured_families"] = ", ".join(f for f, (s, _) in states.items() if s == "unmeasured")
     return out
 
 
