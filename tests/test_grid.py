@@ -117,6 +117,8 @@ def test_override_collapses_an_axis_keeping_names():
     assert [v.name for v in one.variants()] == ["act-relu_norm-off"] and "act-relu_norm-off" in full
     two = grid({"activation": ["silu"]}, overrides={"activation": ["tanh", "gelu"]})
     assert [v.name for v in two.variants()] == ["act-tanh", "act-gelu"]
+    cli = grid({"activation": ["silu"]}, overrides={"activation": "sigmoid, Tanh"})  # activation=sigmoid,Tanh
+    assert [v.name for v in cli.variants()] == ["act-sigmoid", "act-tanh"]
 
 
 def test_load_grid_defaults_and_overrides(tmp_path):

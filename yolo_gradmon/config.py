@@ -70,7 +70,7 @@ class GradmonConfig:
     health_eps: float = _option(1e-3, "|f'(x)| below this = saturated / passes no gradient")
     # where it goes
     wandb: bool = _option(True, "stream to Weights & Biases (reuses an active run, else starts one; WANDB_MODE respected)")
-    wandb_media_every: int = _option(0, "also log heatmap/curves every N epochs (0 = at train end only)")
+    wandb_media_every: int = _option(0, "also log the W&B heatmap, per-layer charts and flags table every N epochs (0 = at train end only)")
     wandb_alerts: bool = _option(True, "one wandb.alert per (module, kind) for vanishing / exploding / nonfinite flags")
     wandb_layer_scalars: str = _option("none", "per-layer families also streamed as one W&B key per layer: none | all | a comma-separated list")
     console: bool = _option(True, "compact per-module table at train end (never anything per step)")

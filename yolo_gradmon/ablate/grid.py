@@ -248,7 +248,7 @@ def parse_grid(data: Any, overrides: Mapping[str, Any] | None = None, *, path: s
 
     ``overrides`` are CLI ``key=value`` pairs: trainer args replace base args (``epochs=1``);
     ``project``/``name`` place the ablation; an axis key collapses that axis to the given value(s)
-    (``activation=relu``, or a list); activation/shortcut/norm that are not axes become fixed values;
+    (``activation=relu``, a comma-separated ``activation=silu,relu``, or a list); activation/shortcut/norm that are not axes become fixed values;
     ``gradmon_<option>`` (and ``gradmon_config=<yaml>``) override the ``gradmon`` section.
 
     Raises:
@@ -283,7 +283,10 @@ def parse_grid(data: Any, overrides: Mapping[str, Any] | None = None, *, path: s
             raise GridError(f"{src}: unknown axis {axis!r}{did_you_mean(str(axis), AXES)}; valid axes: {', '.join(AXES)}")
         if axis in plain_over:  # CLI override collapses the axis
             over = plain_over.pop(axis)
-            values, where = (over if isinstance(over, list) else [over]), f"override {axis}={over!r}"
+            where = f"override {axis}={over!r}"
+            if isinstance(over, str) and "," in over:  # the CLI's activation=silu,relu,sigmoid
+                over = [v.strip() for v in over.split(",") if v.strip()]
+            values = over if isinstance(over, list) else [over]
         if not isinstance(values, list):
             raise GridError(f"{where}: must be a list of values, got {type(values).__name__} {values!r}")
         if not values:
