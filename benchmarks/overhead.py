@@ -116,6 +116,19 @@ class Timer:
         tr.optimizer_step = outer
 
 
+def timed_into(clock, fn):
+    """``fn`` wrapped to add its wall time to ``clock.seconds``."""
+
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            clock.seconds += time.perf_counter() - t0
+
+    return wrapper
+
+
 class HookClock:
     """Time spent inside the flow / activation-health hooks (forward and backward passes of logged steps).
 
@@ -132,14 +145,7 @@ class HookClock:
         from yolo_gradmon.measure.health import ActivationHealth
 
         def timed(fn):
-            def wrapper(*a, **k):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*a, **k)
-                finally:
-                    cls.seconds += time.perf_counter() - t0
-
-            return wrapper
+            return timed_into(cls, fn)
 
         def timed_factory(factory):
             return lambda self, i: timed(factory(self, i))
@@ -164,16 +170,7 @@ class WatchClock:
     def install(cls) -> None:
         from wandb.integration.torch.wandb_torch import TorchHistory
 
-        original = TorchHistory.log_tensor_stats
-
-        def timed(self, *a, **k):
-            t0 = time.perf_counter()
-            try:
-                return original(self, *a, **k)
-            finally:
-                cls.seconds += time.perf_counter() - t0
-
-        TorchHistory.log_tensor_stats = timed
+        TorchHistory.log_tensor_stats = timed_into(cls, TorchHistory.log_tensor_stats)
 
 
 class SinkClock:
@@ -183,18 +180,8 @@ class SinkClock:
 
     @classmethod
     def install(cls, *classes) -> None:
-        def timed(fn):
-            def wrapper(*a, **k):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*a, **k)
-                finally:
-                    cls.seconds += time.perf_counter() - t0
-
-            return wrapper
-
         for klass in classes:
-            klass.log_step = timed(klass.log_step)
+            klass.log_step = timed_into(cls, klass.log_step)
 
 
 def load_alt_sink(path: str):
@@ -245,7 +232,8 @@ def variant(name: str, tr, workdir: Path):
     if name == "wandb.watch":
         import wandb
 
-        run = wandb.run or wandb.init(project="gradmon-bench", dir=str(workdir), mode="offline")
+        if wandb.run is None:
+            wandb.init(project="gradmon-bench", dir=str(workdir), mode="offline")
         wandb.watch(tr.model, log="gradients", log_freq=1)
         try:
             yield None

@@ -24,7 +24,6 @@ import math
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 from ultralytics.utils import LOGGER
