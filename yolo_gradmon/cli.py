@@ -207,13 +207,8 @@ def train(pairs: list[str], demo: bool = False) -> int:
         for k, v in defaults.items():
             trainer_args.setdefault(k, v)
     model = YOLO(str(trainer_args.pop("model", "yolo26n.yaml")))
-    monitor = GradientMonitor(cfg).attach(model)
-    model.train(**trainer_args)
-    if demo and monitor.out_dir is not None:
-        from .show.report import render_report
-
-        html = render_report(monitor.out_dir)
-        print(f"gradmon: report {html}")
+    GradientMonitor(cfg).attach(model)
+    model.train(**trainer_args)  # the monitor writes report.html at train end and prints its path
     return 0
 
 
@@ -221,7 +216,7 @@ def report(path: str) -> int:
     from .show.report import render_report
 
     html = render_report(path)
-    print(f"gradmon: report {html}")
+    print(f"gradmon: report: {html}")
     return 0
 
 
