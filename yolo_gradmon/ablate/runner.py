@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 import traceback
 from pathlib import Path
@@ -31,6 +30,7 @@ from ultralytics.utils import LOGGER
 from ..config import CLI_PREFIX, GradmonConfig
 from ..config import PREFIX
 from ..monitor import GradientMonitor
+from ..record.logfile import finite_or_none
 from ..record.tables import load_summary, rebuild
 from .compare import gradient_columns
 from .grid import Grid, GridError, Variant, load_grid, sweep_config, variant_from_sweep_config
@@ -173,7 +173,7 @@ def comparison_frame(rows: list[dict], grid: Grid) -> pl.DataFrame:
         g = f.pop("median_grad_to_weight_first3", None) or []
         for i in range(3):
             f[f"median_grad_to_weight_L{i}"] = g[i] if i < len(g) else None
-        flat.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in f.items()})
+        flat.append({k: finite_or_none(v) if isinstance(v, float) else v for k, v in f.items()})
     df = pl.DataFrame(flat, infer_schema_length=None)
     first = ["variant", *grid.axes, "status", "early_flow_vs_baseline", "early_flow", "weakest_layer", "weakest_flow",
              "flagged_count", "flagged_modules", "map50_95", "map50", "wall_time_s"]

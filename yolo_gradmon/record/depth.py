@@ -8,9 +8,10 @@ where vanishing gradients show first.
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Sequence
+
+from .logfile import finite_or_none
 
 EARLY_FRACTION = 0.25
 
@@ -30,7 +31,7 @@ def _seq(values) -> list:
 
 
 def _finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return [f for f in map(finite_or_none, values) if f is not None]
 
 
 def _median(values) -> float | None:
@@ -50,7 +51,7 @@ def step_depth(record: dict, header: dict) -> dict:
     att = _seq(record.get("flow_attenuation"))
     out: dict = {"early_flow": _median(att[i] for i in early if i < len(att)),
                  "weakest_flow": None, "weakest_layer": None}
-    inner = [(float(v), i) for i, v in enumerate(att[: max(0, len(layers) - 1)]) if v is not None and math.isfinite(v)]
+    inner = [(f, i) for i, f in enumerate(map(finite_or_none, att[: max(0, len(layers) - 1)])) if f is not None]
     if inner:
         v, i = min(inner)
         out["weakest_flow"], out["weakest_layer"] = v, layers[i]
@@ -83,9 +84,9 @@ def layer_profile(records: Sequence[dict], header: dict, field: str = "flow_atte
     layers = list(header.get("layers") or [])
     values: list[list[float]] = [[] for _ in layers]
     for rec in records:
-        for i, v in enumerate(_seq(rec.get(field))[: len(layers)]):
-            if v is not None and math.isfinite(float(v)):
-                values[i].append(float(v))
+        for i, f in enumerate(map(finite_or_none, _seq(rec.get(field))[: len(layers)])):
+            if f is not None:
+                values[i].append(f)
     return [
         {"index": i, "layer": layer, "median": statistics.median(vals) if vals else None,
          "min": min(vals) if vals else None, "max": max(vals) if vals else None, "n": len(vals)}

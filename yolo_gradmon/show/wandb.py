@@ -530,11 +530,8 @@ def _family_state(records: Sequence[dict], family: str) -> tuple[str, float | No
     first = None
     for rec in records:
         has = rec.get("has_grad") if module else None
-        for i, v in enumerate(_values(rec, family)):
+        for i, v in enumerate(map(finite_or_none, _values(rec, family))):
             if v is None or (has is not None and not has[i]):
-                continue
-            v = float(v)
-            if not math.isfinite(v):
                 continue
             if first is None:
                 first = v
@@ -555,11 +552,8 @@ def _series(records: Sequence[dict], family: str, n: int, log: bool, module: boo
     for rec in recs:
         step = int(rec["step"])
         has = rec.get("has_grad") if module else None
-        for i, v in enumerate(_values(rec, family)[:n]):
-            if v is None or (has is not None and not has[i]):
-                continue
-            v = float(v)
-            if not math.isfinite(v) or (log and v <= 0):
+        for i, v in enumerate(map(finite_or_none, _values(rec, family)[:n])):
+            if v is None or (has is not None and not has[i]) or (log and v <= 0):
                 continue
             xs[i].append(step)
             ys[i].append(math.log10(v) if log else v)
