@@ -155,10 +155,10 @@ def test_failed_variant_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
 
     real = runner.train_variant
 
-    def flaky(grid, variant, out_dir, wandb_group=None):
+    def flaky(grid, variant, out_dir, own_wandb_run=False):
         if variant.values["activation"] == "relu":
             raise RuntimeError("boom")
-        return real(grid, variant, out_dir, wandb_group)
+        return real(grid, variant, out_dir, own_wandb_run)
 
     monkeypatch.setattr(runner, "train_variant", flaky)
     path = grid_file(tmp_path, activations=("relu", "tanh"), epochs=1)

@@ -23,13 +23,13 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from yolo_gradmon import GradientMonitor, GradmonConfig, read_log, rebuild
-from yolo_gradmon.hook import compiled
+from yolo_gradmon.trainer import compiled
 from yolo_gradmon.measure.flow import FlowHooks, output_tensors
 from yolo_gradmon.measure.health import ActivationHealth, flat_regions
 from yolo_gradmon.structure.graph import upstream_only
 from yolo_gradmon.structure.layout import layer_sources
 from yolo_gradmon.record.tables import layer_frame
-from yolo_gradmon.measure.depth import DepthSignals
+from yolo_gradmon.measure.layer_signals import DepthSignals
 from yolo_gradmon.testing import GradientPlant, expected_vanishing, precision_recall
 
 TRAIN = dict(data="coco8.yaml", imgsz=160, batch=1, nbs=1, workers=0, device="cpu", plots=False, val=False,

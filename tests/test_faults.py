@@ -47,7 +47,7 @@ from yolo_gradmon.measure.params import GradientCapture
 from yolo_gradmon.cli import main as cli_main
 from yolo_gradmon.structure.layout import build_layout
 from yolo_gradmon.record.logfile import SCHEMA_VERSION, LogSchemaError, LogWriter
-from yolo_gradmon.record.tables import build_summary
+from yolo_gradmon.record.outputs import TrainEnd
 from yolo_gradmon.judge.rules import RuleEngine, StepView
 from yolo_gradmon.show.sink import Sink
 
@@ -659,7 +659,7 @@ def test_ultralytics_refuses_an_all_frozen_model(tmp_path):
     assert mon.out_dir is None and not list(tmp_path.rglob("gradmon"))
 
 
-def test_all_frozen_yolo_layout_capture_rules():
+def test_all_frozen_yolo_layout_capture_rules(tmp_path):
     net = DetectionModel("yolo26n.yaml", verbose=False)
     for p in net.parameters():
         p.requires_grad = False
@@ -678,7 +678,8 @@ def test_all_frozen_yolo_layout_capture_rules():
             assert engine.update(StepView.from_record(rec)) == []
     assert len(records) == 8 and not any(any(r["has_grad"]) for r in records)
     assert all(r["total_norm"] == 0.0 and r["clip_active"] is False for r in records)
-    summary = build_summary({"modules": layout.names, "trainable": layout.trainable}, records, engine.flags, True)
+    summary = TrainEnd.build({"modules": layout.names, "trainable": layout.trainable}, records, engine.flags, True,
+                             tmp_path / "gradients.jsonl").summary
     assert summary["flags"] == [] and summary["module_stats"] == []
 
 

@@ -18,7 +18,7 @@ from yolo_gradmon.ablate.grid import (
     sweep_config,
     variant_from_sweep_config,
 )
-from yolo_gradmon.ablate.swaps import ACTIVATIONS
+from yolo_gradmon.ablate.activation_names import ACTIVATIONS
 from yolo_gradmon.config import GradmonConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -149,7 +149,7 @@ INVALID = [
     ({"axes": {"activation": ["relu"]}, "gradmon": {"log_evry": 1}}, ["gradmon:", "unknown gradmon option 'log_evry'"]),
     ({"axes": {"activation": ["relu"]}, "gradmon": {"log_every": 0}}, ["gradmon:", "'log_every' must be >= 1"]),
     ({"axes": {"activation": ["relu"]}, "gradmon": [1]}, ["'gradmon' must be a mapping"]),
-    ({"axes": {"activation": ["relu"]}, "base": {**BASE, "epoch": 3}}, ["unknown trainer argument 'epoch'",
+    ({"axes": {"activation": ["relu"]}, "base": {**BASE, "epoch": 3}}, ["'epoch' is not an Ultralytics trainer argument",
                                                                       "did you mean 'epochs'"]),
     ({"axes": {"activation": ["relu"]}, "base": {**BASE, "epochs": "many"}}, ["base", "'epochs=many'"]),
     ({"axes": {"shortcut": [True]}, "base": {**BASE, "activation": "nope"}}, ["base.activation",
@@ -173,7 +173,7 @@ def test_invalid_grids_rejected(tmp_path, data, needles):
 
 @pytest.mark.parametrize("overrides, needle", [({"activation": "nope"}, "override activation='nope'"),
                                                ({"epochs": "x"}, "'epochs=x'"),
-                                               ({"epohcs": 1}, "unknown trainer argument 'epohcs'"),
+                                               ({"epohcs": 1}, "'epohcs' is not an Ultralytics trainer argument"),
                                                ({"gradmon_log_every": -1}, "'log_every' must be >= 1"),
                                                ({"name": ""}, "must be non-empty")])
 def test_invalid_overrides_rejected(overrides, needle):

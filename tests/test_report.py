@@ -24,11 +24,10 @@ from yolo_gradmon.show.figures import (
     _ZERO,
     _grid,
     curves_png,
-    depth_profile_png,
     heatmap_png,
     pool_layers,
-    render_pngs,
 )
+from yolo_gradmon.show.depth_figures import depth_profile_png
 from yolo_gradmon.show.report import render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -122,14 +121,26 @@ def run_copy(trained, tmp_path) -> Path:
 
 
 def test_report_written_at_train_end(trained):
-    """The local sink writes report.html next to the PNGs at train end; the summary names it (the console prints it)."""
+    """The local sink writes report.html next to the PNGs at train end (the console prints its path)."""
     out = trained.out_dir
-    assert trained.summary["media"]["report"] == str(out / "report.html")
+    assert "media" not in trained.summary  # no sink writes into the summary the others receive
     text = (out / "report.html").read_text(encoding="utf-8")
     for png in ("heatmap.png", "curves.png", "flow_by_layer.png", "activation_health.png"):
         assert_png(out / png)
     assert "Flow relative to the head, by layer" in text and "Activation health by layer" in text
     assert text.index('class="verdict') < text.index("<h2>Flags")  # the verdict opens the page
+
+
+def test_live_records_equal_the_log_read_back(trained):
+    """One record shape: what sinks received during training is exactly what the log reads back (plain lists, None
+    for non-finite), and the summary rebuilt from the log equals the one built at train end."""
+    from yolo_gradmon.record.outputs import TrainEnd
+
+    log = read_log(trained.out_dir)
+    assert trained.records == log.steps and len(log.steps) > 0
+    assert all(isinstance(r["grad_norm"], list) for r in trained.records)
+    rebuilt = TrainEnd.from_log(trained.out_dir).summary
+    assert {k: v for k, v in rebuilt.items()} == json.loads(json.dumps(trained.summary))
 
 
 def test_render_report_real_run(trained):
@@ -197,14 +208,6 @@ def test_report_header_only_log(run_copy):
     parse_html(text)
     assert json.loads((run_copy / "summary.json").read_text())["steps_logged"] == 0
     assert_png(run_copy / "heatmap.png", min_h=100)
-
-
-def test_render_pngs_from_records(trained, tmp_path):
-    header = read_log(trained.out_dir).header
-    paths = render_pngs(tmp_path / "pngs", header, trained.records)
-    assert [p.name for p in paths] == ["heatmap.png", "curves.png"]
-    for p in paths:
-        assert_png(p)
 
 
 def test_flow_profile_overlays_runs(trained, tmp_path):
@@ -314,7 +317,7 @@ def test_flags_show_their_cause_and_the_verdict_says_what_would_judge(tmp_path):
     text = _html_page(summary, None, tmp_path / "gradients.jsonl", {})
     assert "<td>saturated Sigmoid units (92 %)</td>" in text and "flow_attenuation=3e-07" in text
     assert "1 module(s) flagged (vanishing): 00.Conv" in text
-    from yolo_gradmon.record.tables import judgement
+    from yolo_gradmon.record.summary import judgement
 
     header = {"config": {"log_every": 1}, "train": {"batch": 2, "nbs": 64, "batches_per_epoch": 2, "epochs": 1}}
     few, verdict = judgement(header, [{"step": 1, "epoch": 1}])

@@ -11,7 +11,8 @@ import pytest
 from yolo_gradmon import GradmonConfig
 from yolo_gradmon.judge.cause import likely_cause
 from yolo_gradmon.judge.rules import RuleEngine, StepView
-from yolo_gradmon.record.tables import judgement, layer_frame, module_frame
+from yolo_gradmon.record.summary import judgement
+from yolo_gradmon.record.tables import layer_frame, module_frame
 
 LAYERS = {  # a 5-layer chain with one skip: 0 -> 1 -> 2 -> 3 -> head(4), and 1 -> 3 (concat)
     "layers": ["00.Conv", "01.Conv", "02.Conv", "03.Concat", "04.Detect"],

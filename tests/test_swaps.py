@@ -17,18 +17,16 @@ from ultralytics.nn.modules.transformer import MLPBlock, TransformerEncoderLayer
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 from yolo_gradmon.ablate import swaps
+from yolo_gradmon.ablate.activation_names import ACTIVATIONS, canonical_activation, make_activation
 from yolo_gradmon.ablate.swaps import (
-    ACTIVATIONS,
     VariantYOLO,
     apply_variant,
     build_model_with_activation,
-    canonical_activation,
     count_activations,
     count_norms,
     count_shortcuts,
     disable_norm,
     disable_shortcuts,
-    make_activation,
     swap_activations,
     variant_of,
 )
@@ -128,7 +126,7 @@ def test_stock_models_have_only_conv_act_silu(built, yaml_name):
     model = built[yaml_name]
     n_act, _ = STOCK[yaml_name]
     assert count_activations(model) == {"SiLU": n_act}
-    parents = [p for p, _, _, _ in swaps._slots(model, swaps._is_activation)]
+    parents = [p for p, _, _, _ in swaps._slots(model, swaps.is_activation)]
     assert all(isinstance(p, Conv) for p in parents)
 
 
@@ -145,7 +143,7 @@ def test_swap_replaces_every_activation(built, yaml_name, target, cls):
     assert count_activations(model) == {cls.__name__: n_act}  # the requested type only, none of the original
     assert not any(isinstance(m, nn.SiLU) for m in model.modules())
     assert identity_placeholders(model) == placeholders  # Conv(act=False) / Detect.dfl placeholders untouched
-    slots = [c for _, _, _, c in swaps._slots(model, swaps._is_activation)]
+    slots = [c for _, _, _, c in swaps._slots(model, swaps.is_activation)]
     assert len({id(c) for c in slots}) == n_act  # one fresh module per slot (Ultralytics shares one SiLU)
     runs_both_modes(model)
 
@@ -174,7 +172,7 @@ def test_swap_does_not_touch_conv_default_act(built):
 
 def test_include_restricts_swap(built):
     model = fresh(built, "yolo26n.yaml")
-    head = sum(1 for _, _, q, _ in swaps._slots(model, swaps._is_activation) if q.startswith("model.23."))
+    head = sum(1 for _, _, q, _ in swaps._slots(model, swaps.is_activation) if q.startswith("model.23."))
     report = swap_activations(model, "relu", include="model.23.*")
     assert report.total == head > 0 and all(n.startswith("model.23.") for n in report.modules)
     assert count_activations(model) == {"ReLU": head, "SiLU": 105 - head}

@@ -36,18 +36,10 @@ from yolo_gradmon.judge.rules import KINDS, Flag
 from yolo_gradmon.config import PREFIX
 from yolo_gradmon.show.sink import GuardedSink, History, RunInfo
 from yolo_gradmon.record.depth import layer_profile, step_depth
-from yolo_gradmon.show.wandb import (
-    CHART_FAMILIES,
-    DEPTH_KEYS,
-    FLAG_COLUMNS,
-    MAX_ALERTS,
-    MODULE_FAMILIES,
-    PROFILE_COLUMNS,
-    STEP_KEY,
-    WEAKEST_LAYER_KEY,
-    WandbSink,
-    make_wandb_sink,
-)
+from yolo_gradmon.fields import CHART_FAMILIES, MODULE_FIELDS, plain_values
+from yolo_gradmon.record.outputs import TrainEnd
+from yolo_gradmon.show.wandb import MAX_ALERTS, STEP_KEY, WandbSink, make_wandb_sink
+from yolo_gradmon.show.wandb_rows import DEPTH_KEYS, FLAG_COLUMNS, PROFILE_COLUMNS, WEAKEST_LAYER_KEY
 
 TRAIN = dict(data="coco8.yaml", epochs=2, imgsz=160, batch=2, nbs=2, workers=0, device="cpu", plots=False, exist_ok=True)
 MAX_MONITOR_KEYS = 40
@@ -180,10 +172,10 @@ def assert_rows_equal_local_log(hist, log, per_layer: bool = False):
         if depth["weakest_layer"] is not None:
             assert log.header["layers"][row[WEAKEST_LAYER_KEY]] == depth["weakest_layer"]
         if not per_layer:
-            assert not any(k.startswith(("gradients/norm/", "gradients/flow/", "gradients/act_")) for k in row)
+            assert not any(k.startswith(("gradients/grad_norm/", "gradients/flow_norm/", "gradients/act_")) for k in row)
             continue
-        for col, section in (("grad_norm", "norm"), ("grad_to_weight", "grad_to_weight"),
-                             ("update_to_weight", "update_to_weight"), ("max_abs_grad", "max_abs")):
+        for col, section in (("grad_norm", "grad_norm"), ("grad_to_weight", "grad_to_weight"),
+                             ("update_to_weight", "update_to_weight"), ("max_abs_grad", "max_abs_grad")):
             constant = len(distinct_values(log, col)) == 1  # never streamed: no wall of flat panels
             for i, m in enumerate(log.modules):
                 key = f"gradients/{section}/{m}"
@@ -198,7 +190,7 @@ def distinct_values(log, family) -> set[float]:
     out = set()
     for rec in log.steps:
         for i, v in enumerate(rec.get(family) or []):
-            if v is not None and math.isfinite(v) and (family not in MODULE_FAMILIES or rec["has_grad"][i]):
+            if v is not None and math.isfinite(v) and (family not in MODULE_FIELDS or rec["has_grad"][i]):
                 out.add(v)
     return out
 
@@ -296,7 +288,7 @@ def test_alone_native_line_charts_per_family_equal_local_log(alone):
         assert cfg["panelDefId"] == "wandb/lineseries/v0" and cfg["stringSettings"]["xname"] == STEP_KEY
         ((step, table),) = tables(alone.run_dir, hist, f"{key}_table")  # train end only (wandb_media_every=0)
         assert step == 4 and table["columns"] == ["step", "lineKey", "lineVal"]
-        names = log.modules if family in MODULE_FAMILIES else log.header["layers"]
+        names = log.modules if family in MODULE_FIELDS else log.header["layers"]
         assert list(dict.fromkeys(r[1] for r in table["data"])) == [  # depth order, every layer with a value
             n for i, n in enumerate(names) if any(r[family][i] is not None and r[family][i] > 0 for r in log.steps)
         ]
@@ -338,7 +330,7 @@ def test_alone_media_and_flags_table(alone):
     assert row["gradmon/heatmap._type"] == "image-file"
     png = alone.run_dir / "files" / row["gradmon/heatmap.path"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (alone.mon.out_dir / "heatmap.png").is_file()
+    assert (alone.mon.out_dir / "heatmap.png").is_file() and (alone.mon.out_dir / "wandb_media" / "heatmap.png").is_file()
     assert row["gradmon/flags._type"] == "table-file"
     table = json.loads((alone.run_dir / "files" / row["gradmon/flags.path"]).read_text())
     assert table["columns"] == FLAG_COLUMNS
@@ -359,15 +351,17 @@ def test_alone_summary_fields(alone):
     assert s["gradmon/flagged_modules"] == 18 and s["gradmon/n_vanishing"] == 18 and s["gradmon/n_nonfinite"] == 0
     stats = alone.mon.summary["module_stats"]
     weakest = min(stats, key=lambda r: r["median_grad_to_weight"])
-    assert s["gradmon/weakest_module"] == weakest["module"]
-    assert s["gradmon/weakest_grad_to_weight"] == pytest.approx(weakest["median_grad_to_weight"], rel=1e-9)
-    assert 0 < s["gradmon/worst_attenuation"] <= 1
+    assert s["gradmon/lowest_grad_to_weight_module"] == weakest["module"]
+    assert s["gradmon/lowest_grad_to_weight_median"] == pytest.approx(weakest["median_grad_to_weight"], rel=1e-9)
+    assert 0 < s["gradmon/lowest_grad_to_weight_vs_median_module"] <= 1
+    # the summary's run-level numbers are the summary.json ones: every output shows the same
+    assert alone.mon.summary["lowest_grad_to_weight"]["module"] == weakest["module"]
     assert s["gradmon/alerts_sent"] == 18
     depth = alone.mon.summary["depth"]  # run-level depth medians, for the runs table of a group
-    assert s["gradmon/early_flow_rel_head"] == pytest.approx(depth["early_flow"], rel=1e-9)
-    assert s["gradmon/weakest_flow_rel_head"] == pytest.approx(depth["weakest_flow"], rel=1e-9)
-    assert s["gradmon/early_grad_to_weight"] == pytest.approx(depth["early_grad_to_weight"], rel=1e-9)
-    assert s["gradmon/weakest_layer"] == depth["weakest_layer"]
+    assert s["gradmon/early_flow_rel_head_median"] == pytest.approx(depth["early_flow"], rel=1e-9)
+    assert s["gradmon/weakest_flow_rel_head_median"] == pytest.approx(depth["weakest_flow"], rel=1e-9)
+    assert s["gradmon/early_grad_to_weight_median"] == pytest.approx(depth["early_grad_to_weight"], rel=1e-9)
+    assert s["gradmon/weakest_flow_layer_mode"] == depth["weakest_layer"]
     # SiLU: dead fraction always 0, no saturating unit: not charted, and said so
     assert "act_dead=0" in s["gradmon/constant_families"].split(", ")
     assert s["gradmon/unmeasured_families"] == "act_saturated"
@@ -500,7 +494,7 @@ def test_layer_scalars_on_request_equal_local_log_constant_family_never_streamed
     assert {v for x in log.steps for v in x["act_dead"] if v is not None} == {0.0}
     for rec in log.steps:
         row = rows[rec["step"]]
-        for field, name in (("flow_norm", "flow"), ("flow_attenuation", "flow_attenuation")):
+        for field, name in (("flow_norm", "flow_norm"), ("flow_attenuation", "flow_attenuation")):
             for layer, v in zip(layers, rec[field]):
                 key = f"gradients/{name}/{layer}"
                 assert (key in row) == (v is not None), (rec["step"], key)
@@ -611,10 +605,11 @@ def fake_ctx(tmp_path, modules=("00.Conv", "01.Conv", "02.C3k2"), callbacks=None
 def record(step, grad_norm, has_grad=None):
     n = len(grad_norm)
     g = np.asarray(grad_norm, dtype=float)
-    return {"type": "step", "step": step, "epoch": 1, "lr": [0.01, 0.02], "amp_scale": None, "amp_skipped": None,
-            "total_norm": 1.0, "clip_active": False, "warmup": False,
-            "has_grad": has_grad if has_grad is not None else [True] * n, "grad_norm": g, "weight_norm": np.ones(n),
-            "grad_to_weight": g, "update_to_weight": g * 0.1, "max_abs_grad": g, "nonfinite": np.zeros(n, int)}
+    return plain_values({  # a step record is plain, as the monitor makes it: lists, None for non-finite
+        "type": "step", "step": step, "epoch": 1, "lr": [0.01, 0.02], "amp_scale": None, "amp_skipped": None,
+        "total_norm": 1.0, "clip_active": False, "warmup": False,
+        "has_grad": has_grad if has_grad is not None else [True] * n, "grad_norm": g, "weight_norm": np.ones(n),
+        "grad_to_weight": g, "update_to_weight": g * 0.1, "max_abs_grad": g, "nonfinite": np.zeros(n, int)})
 
 
 def test_started_run_gets_step_metric_and_flat_rows_nan_for_nonfinite(tmp_path):
@@ -626,14 +621,14 @@ def test_started_run_gets_step_metric_and_flat_rows_nan_for_nonfinite(tmp_path):
     sink.log_step(record(1, [float("nan"), 2.0, float("inf")], has_grad=[True, False, True]), 2)
     (row,) = run.logged
     assert row[STEP_KEY] == 1 and row["gradients/flagged_modules"] == 2 and row["gradients/lr"] == 0.01
-    assert not any(k.startswith("gradients/norm/") for k in row)  # default: no per-layer scalar keys
+    assert not any(k.startswith("gradients/grad_norm/") for k in row)  # default: no per-layer scalar keys
 
     sink = WandbSink(GradmonConfig(wandb_layer_scalars="grad_norm"), fake_wandb())
     sink.start(fake_ctx(tmp_path, wandb_layer_scalars="grad_norm"))
     run = sink.run
     sink.log_step(record(1, [float("nan"), 2.0, float("inf")], has_grad=[True, False, True]), 2)
     (row,) = run.logged
-    assert math.isnan(row["gradients/norm/00.Conv"]) and math.isnan(row["gradients/norm/02.C3k2"])  # NaN/Inf → NaN
+    assert math.isnan(row["gradients/grad_norm/00.Conv"]) and math.isnan(row["gradients/grad_norm/02.C3k2"])  # NaN/Inf → NaN
     assert not any("01.Conv" in k for k in row)  # no gradient at this step: no keys
     assert "gradients/amp_scale" not in row  # no AMP
     assert all(not isinstance(v, (dict, list)) for v in row.values())  # flat
@@ -699,11 +694,11 @@ def test_rows_queued_while_ultralytics_row_is_open(tmp_path):
 def test_guard_disables_sink_once_and_finishes_own_run(tmp_path):
     sink = WandbSink(GradmonConfig(), fake_wandb())
     guarded = GuardedSink(sink)
-    guarded.call("start", fake_ctx(tmp_path))
+    guarded.start(fake_ctx(tmp_path))
     sink.run.log = lambda row: (_ for _ in ()).throw(OSError("disk full"))
     with logged_records() as records:
-        guarded.call("log_step", record(1, [1.0, 1.0, 1.0]), 0)
-        guarded.call("log_step", record(2, [1.0, 1.0, 1.0]), 0)
+        guarded.log_step(record(1, [1.0, 1.0, 1.0]), 0)
+        guarded.log_step(record(2, [1.0, 1.0, 1.0]), 0)
     assert not guarded.enabled and sink.run.finished == 1
     assert len([r for r in records if r.levelno == logging.WARNING]) == 1
 
@@ -738,7 +733,7 @@ def test_resumed_training_continues_its_run(tmp_path):
 def layer_record(step, epoch, n_modules, n_layers, rng, dead=0.0):
     rec = record(step, rng.uniform(0.1, 10.0, n_modules).tolist())
     rec["epoch"] = epoch
-    rec["update_to_weight"] = rec["update_to_weight"] if step % 10 == 1 else np.full(n_modules, np.nan)
+    rec["update_to_weight"] = rec["update_to_weight"] if step % 10 == 1 else [None] * n_modules
     rec["flow_backwards"] = 1
     rec["flow_norm"] = rng.uniform(0.1, 10.0, n_layers).tolist()
     rec["flow_attenuation"] = [*rng.uniform(1e-3, 1.0, n_layers - 1).tolist(), 1.0]
@@ -768,7 +763,7 @@ def test_default_keys_at_most_40_charts_skip_constant_families(tmp_path, model):
             records.append(layer_record(step, epoch, len(layout.names), len(layers), rng))
             sink.log_step(records[-1], 0)
         sink.epoch_end(epoch, 20 * epoch, History(records, []))
-    sink.finish({"flags": [], "steps_logged": len(records), "complete": True}, History(records, []))
+    sink.finish(TrainEnd.build(ctx.header, records, [], complete=True, log_path=tmp_path / "gradmon" / "gradients.jsonl"))
     keys = {k for row in sink.run.logged for k in row}
     assert len(keys) <= MAX_MONITOR_KEYS, sorted(keys)
     assert len([k for k in keys if k.startswith("gradients/")]) <= 12
@@ -802,7 +797,7 @@ def test_requested_constant_family_held_then_backfilled_at_its_steps(tmp_path):
     for step in (1, 2, 3):
         sink.log_step(layer_record(step, 1, 3, 3, rng, dead=0.0), 0)
     assert all(not k.startswith("gradients/act_dead/") for row in sink.run.logged for k in row)
-    assert all(f"gradients/flow/{n}" in sink.run.logged[0] for n in layers)  # varied from step 1: streamed
+    assert all(f"gradients/flow_norm/{n}" in sink.run.logged[0] for n in layers)  # varied from step 1: streamed
     rec = layer_record(11, 1, 3, 3, rng)
     rec["act_dead"] = [0.0, 0.25, 0.0]  # now it varies
     sink.log_step(rec, 0)

@@ -24,6 +24,8 @@ from .config import (
     split_cli_args,
 )
 from .record.logfile import LogSchemaError
+from .trainer import TrainerArgError, trainer_keys
+from .trainer import check_trainer_args as check_ultralytics_args
 
 PROG = "yolo-gradmon"
 COMMANDS: dict[str, str] = {  # command -> its one line in `yolo-gradmon --help`
@@ -129,17 +131,11 @@ def _raw_values(pairs: list[str]) -> dict[str, str]:
     return {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in pairs if "=" in p}
 
 
-def _trainer_keys() -> set[str]:
-    from ultralytics.cfg import DEFAULT_CFG_DICT
-
-    return set(DEFAULT_CFG_DICT) | {"augmentations", "save_dir"}  # check_dict_alignment's allowed extras
-
-
 def _check_unprefixed(args: dict, raw: dict[str, str], also_valid: set[str] = frozenset()) -> None:
     """A monitor option written without ``gradmon_``: say how to write it."""
     options = {f.name for f in _config_fields()}
     for key in args:
-        if key in options and key not in also_valid and key not in _trainer_keys():
+        if key in options and key not in also_valid and key not in trainer_keys():
             raise GradmonConfigError(f"{key} is a gradmon option: write {CLI_PREFIX}{key}={raw.get(key, args[key])}")
 
 
@@ -149,42 +145,14 @@ def _config_fields():
     return dataclasses.fields(GradmonConfig)
 
 
-def _is_deprecated_key(key: str, value) -> bool:
-    """True when Ultralytics still accepts ``key`` as a deprecated alias (it renames it with a warning)."""
-    try:
-        from ultralytics.cfg import _handle_deprecation
-        from ultralytics.utils import LOGGER
-
-        disabled, LOGGER.disabled = LOGGER.disabled, True  # the trainer warns once; not twice
-        try:
-            return key not in _handle_deprecation({key: value})
-        finally:
-            LOGGER.disabled = disabled
-    except Exception:  # noqa: BLE001 - a private helper: when it changes, the key is simply unknown
-        return False
-
-
 def check_trainer_args(args: dict, raw: dict[str, str]) -> None:
-    """Validate Ultralytics trainer arguments the way ``get_cfg`` will, but as one line with a suggestion.
-
-    Ultralytics' ``check_dict_alignment`` would print its 60-line CLI help and raise a ``SyntaxError``
-    inside the trainer, after the model is built; this runs first. Types and ranges use Ultralytics'
-    own ``check_cfg`` (on a copy: it converts in place).
-    """
-    from ultralytics.cfg import check_cfg
-
+    """Trainer arguments as Ultralytics will check them (:func:`yolo_gradmon.trainer.check_trainer_args`), and a
+    monitor option written without its ``gradmon_`` prefix; raises :class:`GradmonConfigError` with one line."""
     _check_unprefixed(args, raw)
-    valid = _trainer_keys()
-    for key, value in args.items():
-        if key not in valid and not _is_deprecated_key(key, value):
-            names = sorted(valid) + [f"{CLI_PREFIX}{f.name}" for f in _config_fields()]
-            raise GradmonConfigError(f"{key!r} is not an Ultralytics trainer argument{did_you_mean(key, names)}; "
-                                     "every argument: yolo cfg")
-    known = {k: v for k, v in args.items() if k in valid}
     try:
-        check_cfg(dict(known))
-    except (TypeError, ValueError) as e:
-        raise GradmonConfigError(str(e).strip().replace("\n", " ")) from None
+        check_ultralytics_args(args, also_valid=[f"{CLI_PREFIX}{f.name}" for f in _config_fields()])
+    except TrainerArgError as e:
+        raise GradmonConfigError(str(e)) from None
 
 
 def train(pairs: list[str], demo: bool = False) -> int:

@@ -16,12 +16,11 @@ from typing import Any, Mapping
 
 import yaml
 
+from .fields import FAMILIES
+
 CLI_PREFIX = "gradmon_"
 PREFIX = "gradmon: "  # every console message of the monitor starts with this
 GRANULARITIES = ("layer", "module", "param")
-LAYER_FAMILIES = ("grad_norm", "grad_to_weight", "update_to_weight", "max_abs_grad", "flow_norm", "flow_attenuation",
-                  "act_saturated", "act_dead")
-"""The per-module / per-layer families of the log that ``wandb_layer_scalars`` can stream as one W&B key each."""
 
 
 class GradmonConfigError(ValueError):
@@ -108,13 +107,13 @@ class GradmonConfig:
         if text in ("", "none"):
             return ()
         if text == "all":
-            return LAYER_FAMILIES
+            return FAMILIES
         names = tuple(n.strip() for n in text.split(",") if n.strip())
-        bad = [n for n in names if n not in LAYER_FAMILIES]
+        bad = [n for n in names if n not in FAMILIES]
         if bad:
             raise GradmonConfigError(
                 f"gradmon option 'wandb_layer_scalars' names unknown famil{'ies' if len(bad) > 1 else 'y'} "
-                f"{', '.join(bad)}; valid: none, all, or a comma-separated list of {', '.join(LAYER_FAMILIES)}"
+                f"{', '.join(bad)}; valid: none, all, or a comma-separated list of {', '.join(FAMILIES)}"
             )
         return names
 
@@ -229,6 +228,21 @@ def split_cli_args(args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     for key, value in args.items():
         (gradmon if key.startswith(CLI_PREFIX) else trainer)[key] = value
     return gradmon, trainer
+
+
+def cli_options(gradmon_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The monitor options of ``gradmon_*`` CLI pairs, prefix stripped: the options of a ``gradmon_config=<yaml>``
+    file first, the other pairs on top (not validated here: :meth:`GradmonConfig.from_dict` does that)."""
+    args = dict(gradmon_args)
+    path = args.pop(f"{CLI_PREFIX}config", None)
+    out: dict[str, Any] = {}
+    if path:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise GradmonConfigError(f"{path}: expected a mapping of gradmon options, got {type(data).__name__}")
+        out.update(data)
+    out.update({k[len(CLI_PREFIX):] if k.startswith(CLI_PREFIX) else k: v for k, v in args.items()})
+    return out
 
 
 def config_from_cli(gradmon_args: Mapping[str, Any]) -> GradmonConfig:

@@ -1,5 +1,5 @@
-"""The monitor's hold on Ultralytics' trainer: wrapping the trainer instance's ``optimizer_step``, and reading what
-the monitor needs from the trainer (warm-up length, model name, ``compile``).
+"""The monitor's hold on Ultralytics' trainer: wrapping the trainer instance's ``optimizer_step`` (what it reads from
+a trainer is in :mod:`yolo_gradmon.trainer`).
 
 Ultralytics declares ``optimizer_step`` / ``on_before_zero_grad`` callback events but never fires them, so the
 monitor wraps the trainer *instance's* ``optimizer_step`` method from ``on_train_start``. Inside the wrapper the
@@ -16,8 +16,6 @@ from __future__ import annotations
 import functools
 import inspect
 from typing import Callable
-
-from ultralytics.utils.torch_utils import unwrap_model
 
 from .config import PREFIX
 
@@ -172,29 +170,3 @@ def _reaches(fn, owner, depth: int = 0) -> bool:
     except Exception:  # noqa: BLE001 - an exotic callable: treat as not reaching us (we hook again)
         return False
     return any(callable(f) and _reaches(f, owner, depth + 1) for f in inner if f is not None)
-
-
-# ---------------------------------------------------------------------------------------------- reading the trainer
-def warmup_iterations(trainer, nb: int) -> int:
-    """Ultralytics' warm-up length in batches (``nb``: batches per epoch)."""
-    fn = getattr(trainer, "_get_warmup_iterations", None)
-    if callable(fn):
-        try:
-            return int(fn(nb))
-        except Exception:  # noqa: BLE001
-            pass
-    w = float(getattr(trainer.args, "warmup_epochs", 0) or 0)
-    return max(round(w * nb), 100) if w > 0 else 0
-
-
-def model_name(trainer) -> str:
-    m = getattr(trainer.args, "model", None)
-    return str(m) if m is not None else type(unwrap_model(trainer.model)).__name__
-
-
-def compiled(trainer) -> bool:
-    """Whether the trainer runs a ``torch.compile``'d model (``compile=True``): tensor hooks registered inside a
-    compiled forward would break the graph, so the flow and activation-health signals stay off there."""
-    args = getattr(trainer, "args", None)
-    mode = getattr(args, "compile", False)
-    return bool(mode) and str(mode).lower() not in {"false", "0", "none"}

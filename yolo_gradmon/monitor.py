@@ -18,13 +18,14 @@ from . import hook
 from .config import PREFIX, GradmonConfig
 from .hook import HookError, StepHook  # noqa: F401 - HookError is part of the monitor's API
 from .judge.rules import RuleEngine, StepView
-from .measure.params import StepStats, _scale_tensor
+from .measure.params import StepStats, amp_scale_tensor
 from .measure.probe import ModelProbe
 from .measure.schedule import Schedule
-from .record.logfile import LOG_NAME, header_record, resume_log, step_record, train_facts
-from .record.tables import build_summary
+from .record.logfile import LOG_NAME, header_record, resume_log, step_record
+from .record.outputs import TrainEnd
 from .show.fanout import Fanout
 from .show.sink import History, RunInfo
+from .trainer import compiled, model_name, train_facts, warmup_iterations
 
 OUT_DIRNAME = "gradmon"
 
@@ -140,14 +141,14 @@ class GradientMonitor:
         self.out_dir = save_dir / OUT_DIRNAME
         resumed, start_step = self._resume(trainer)
         self._schedule = Schedule(self.cfg, start_step)
-        header = header_record(hook.model_name(trainer), getattr(trainer.args, "task", None), self.cfg.granularity,
+        header = header_record(model_name(trainer), getattr(trainer.args, "task", None), self.cfg.granularity,
                                self._probe.header_fields(), self.cfg.to_dict(), train=train_facts(trainer))
         self._run = RunInfo(header=header, cfg=self.cfg, save_dir=save_dir, out_dir=self.out_dir, resumed=resumed,
                             start_step=start_step, start_epoch=int(getattr(trainer, "start_epoch", 0)),
                             epochs=getattr(trainer, "epochs", None), trainer_args=dict(vars(trainer.args)),
                             callbacks=getattr(trainer, "callbacks", None))
         self._fan_out = Fanout(self.cfg, self.extra_sinks)
-        self._fan_out("start", self._run)
+        self._fan_out.start(self._run)
         self._hook = StepHook(trainer, self._on_optimizer_step, on_error=self._disable, active=lambda: self._active,
                               owner=self)
         self._active = True
@@ -157,7 +158,7 @@ class GradientMonitor:
             return
         try:
             nb = max(1, len(trainer.train_loader))
-            self._schedule.start_epoch(int(trainer.epoch), nb, hook.warmup_iterations(trainer, nb))
+            self._schedule.start_epoch(int(trainer.epoch), nb, warmup_iterations(trainer, nb))
             self._hook.ensure()
         except Exception as e:  # noqa: BLE001
             self._disable(e)
@@ -183,7 +184,7 @@ class GradientMonitor:
             self._disable(e)
             return
         sched = self._schedule
-        self._fan_out("epoch_end", int(trainer.epoch) + 1, sched.step, History(self.records, self.flags))
+        self._fan_out.epoch_end(int(trainer.epoch) + 1, sched.step, History(self.records, self.flags))
         if trainer.epoch == self._run.start_epoch:
             hook.check_steps_reached(trainer, steps=sched.steps_this_run, batches=sched.batch + 1)  # HookError: loud
 
@@ -196,8 +197,10 @@ class GradientMonitor:
                 if self._active:
                     self._flush()
                 self._active = False
-                self.summary = build_summary(self._run.header, self.records, self.flags, complete=True)
-                self._fan_out("finish", self.summary, History(self.records, self.flags))
+                end = TrainEnd.build(self._run.header, self.records, self.flags, complete=True,
+                                     log_path=self.out_dir / LOG_NAME)
+                self.summary = end.summary
+                self._fan_out.finish(end)
         except Exception as e:  # noqa: BLE001 - never stop the trainer at its very end
             LOGGER.error(f"{PREFIX}could not finish the gradient outputs ({type(e).__name__}: {e}); "
                          f"the log up to here is in {self.out_dir}.")
@@ -229,14 +232,13 @@ class GradientMonitor:
         """Judge each completed record and hand it to every sink."""
         for stats in done:
             record = step_record(stats, self._warmup.pop(stats.step, None))
-            record.update(stats.extra)  # flow / activation-health fields (optional in the log)
             self.records.append(record)
             new = self._engine.update(StepView.from_record(record))
             self.flags = self._engine.flags
             for flag in new:
-                self._fan_out("on_flag", flag)
+                self._fan_out.on_flag(flag)
             n_flagged = len({f.module for f in self._engine.flags if f.active})
-            self._fan_out("log_step", record, n_flagged)
+            self._fan_out.log_step(record, n_flagged)
 
     def _flush(self) -> None:
         if self._probe is not None:
@@ -246,8 +248,8 @@ class GradientMonitor:
     def _make_probe(self, trainer) -> ModelProbe:
         if self._probe is not None:
             self._probe.remove()
-        scale = lambda: _scale_tensor(getattr(trainer, "scaler", None))  # noqa: E731 - AMP scale of each backward
-        return ModelProbe(unwrap_model(trainer.model), self.cfg, compiled=hook.compiled(trainer), scale_fn=scale)
+        scale = lambda: amp_scale_tensor(getattr(trainer, "scaler", None))  # noqa: E731 - AMP scale of each backward
+        return ModelProbe(unwrap_model(trainer.model), self.cfg, compiled=compiled(trainer), scale_fn=scale)
 
     def _model_replaced(self, trainer) -> None:
         """A callback replaced ``trainer.model`` mid-run: finish the old model's record, re-hook the new one."""

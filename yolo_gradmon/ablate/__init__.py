@@ -1,4 +1,4 @@
-"""Ablations: activation swaps and structural changes (``swaps``), YAML grids of variants (``grid``), and the
+"""Ablations: activation swaps and structural changes (``swaps``, with the activation names in ``activation_names``), YAML grids of variants (``grid``), and the
 runner that trains and compares them (``runner``, imported on demand: ``yolo-gradmon ablate <grid.yaml>``).
 
 >>> from yolo_gradmon.ablate import apply_variant, count_activations
@@ -8,19 +8,17 @@ runner that trains and compares them (``runner``, imported on demand: ``yolo-gra
 """
 
 from .grid import AXES, Grid, GridError, Variant, load_grid, parse_grid, sweep_config, variant_from_sweep_config
+from .activation_names import ACTIVATIONS, canonical_activation, make_activation
 from .swaps import (
-    ACTIVATIONS,
     SwapReport,
     VariantSpec,
     apply_variant,
     build_model_with_activation,
-    canonical_activation,
     count_activations,
     count_norms,
     count_shortcuts,
     disable_norm,
     disable_shortcuts,
-    make_activation,
     swap_activations,
     variant_of,
 )

@@ -23,9 +23,10 @@ import polars as pl
 
 from ..record.depth import early_layers
 from ..record.logfile import LOG_NAME, read_log
-from ..record.tables import layer_frame, load_summary, module_frame, rebuild
-from ..show.figures import (colorbar_png, column_label, curves_png, depth_profile_png, heatmap_png, shared_norm,
-                            shared_ylim)
+from ..record.outputs import load_summary, rebuild
+from ..record.tables import layer_frame, module_frame
+from ..show.depth_figures import depth_profile_png
+from ..show.figures import colorbar_png, column_label, curves_png, heatmap_png, shared_norm, shared_ylim
 from ..show.html import data_uri, esc, figure, grid as html_grid, num, page, table
 
 HTML_NAME = "ablation.html"

@@ -35,8 +35,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..config import CLI_PREFIX, GradmonConfig, GradmonConfigError, did_you_mean
-from .swaps import canonical_activation
+from ..config import CLI_PREFIX, GradmonConfig, GradmonConfigError, cli_options, did_you_mean, split_cli_args
+from ..trainer import TrainerArgError, check_trainer_args, trainer_keys
+from .activation_names import canonical_activation
 
 __all__ = [
     "AXES",
@@ -176,12 +177,6 @@ def _axis_slugs(axis: str, values: list) -> dict[Any, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- validation
-def _trainer_keys() -> frozenset[str]:
-    from ultralytics.utils import DEFAULT_CFG_DICT
-
-    return frozenset(DEFAULT_CFG_DICT) | {"augmentations"}
-
-
 def _canonical(axis: str, value: Any, where: str) -> Any:
     """Canonical form of one axis value, or GridError."""
     if axis == "activation":
@@ -213,34 +208,11 @@ def _check_model(value: str, where: str) -> None:
 
 
 def _check_trainer_args(args: Mapping[str, Any], where: str) -> None:
-    valid = _trainer_keys()
-    for key in args:
-        if key not in valid:
-            hint = did_you_mean(key, valid | set(MODIFICATION_KEYS))
-            raise GridError(f"{where}: unknown trainer argument {key!r}{hint}")
-    from ultralytics.cfg import check_cfg
-
+    """The trainer arguments of a grid, checked as the CLI checks them (:func:`yolo_gradmon.trainer.check_trainer_args`)."""
     try:
-        check_cfg(dict(args))  # Ultralytics' own type/range checks (works on a copy: it converts in place)
-    except (TypeError, ValueError) as e:
+        check_trainer_args(args, also_valid=MODIFICATION_KEYS)
+    except TrainerArgError as e:
         raise GridError(f"{where}: {e}") from None
-
-
-def _split_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict, dict]:
-    """(trainer/axis overrides, gradmon overrides with the prefix stripped)."""
-    plain, gradmon = {}, {}
-    for key, value in dict(overrides or {}).items():
-        if key.startswith(CLI_PREFIX):
-            if key == f"{CLI_PREFIX}config":
-                data = yaml.safe_load(Path(value).read_text()) or {}
-                if not isinstance(data, dict):
-                    raise GridError(f"override {key}={value}: expected a mapping of gradmon options")
-                gradmon.update(data)
-            else:
-                gradmon[key[len(CLI_PREFIX) :]] = value
-        else:
-            plain[key] = value
-    return plain, gradmon
 
 
 def parse_grid(data: Any, overrides: Mapping[str, Any] | None = None, *, path: str | Path | None = None) -> Grid:
@@ -273,7 +245,11 @@ def parse_grid(data: Any, overrides: Mapping[str, Any] | None = None, *, path: s
         raise GridError(f"{src}: 'gradmon' must be a mapping of GradientMonitor options, got {type(gradmon_in).__name__}")
     description = data.get("description")
 
-    plain_over, gradmon_over = _split_overrides(overrides)
+    gradmon_pairs, plain_over = split_cli_args(overrides or {})
+    try:
+        gradmon_over = cli_options(gradmon_pairs)
+    except GradmonConfigError as e:
+        raise GridError(f"override {CLI_PREFIX}config: {e}") from None
 
     # ---- axes
     axes: dict[str, list] = {}
@@ -429,14 +405,14 @@ def variant_from_sweep_config(grid_or_base: Grid | Mapping[str, Any], config: Ma
                 base[k] = v
         slug_grid = Grid(base=base, fixed=fixed, axes={a: [values[a]] for a in axes}, gradmon={})
 
-    trainer_keys = _trainer_keys()
+    valid = trainer_keys()
     for k, v in cfg.items():
         if k in axes or k in _GRID_LEVEL or k.startswith(CLI_PREFIX):
             continue
         if k in MODIFICATION_KEYS:
             if v is not None or k != "activation":
                 fixed[k] = _canonical(k, v, f"sweep config: {k}")
-        elif k in trainer_keys:
+        elif k in valid:
             base[k] = v
     target = grid if grid is not None else slug_grid
     tmp = Grid(base=base, fixed=fixed, axes=target.axes, gradmon={}, project=target.project, name=target.name)

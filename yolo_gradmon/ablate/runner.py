@@ -30,8 +30,9 @@ from ultralytics.utils import LOGGER
 from ..config import CLI_PREFIX, GradmonConfig
 from ..config import PREFIX
 from ..monitor import GradientMonitor
-from ..record.logfile import finite_or_none
-from ..record.tables import load_summary, rebuild
+from ..fields import finite_or_none
+from ..record.outputs import load_summary, rebuild
+from ..show.wandb_run import import_wandb, open_run
 from .compare import gradient_columns
 from .grid import Grid, GridError, Variant, load_grid, sweep_config, variant_from_sweep_config
 from .swaps import apply_variant
@@ -63,14 +64,15 @@ def ablation_dir(grid: Grid) -> Path:
     return (Path.cwd() / Path(grid.project).expanduser()).resolve() / grid.name
 
 
-def train_variant(grid: Grid, variant: Variant, out_dir: Path, wandb_group: str | None = None) -> dict:
-    """Train one variant with the monitor attached; return its result row (raises on failure)."""
+def train_variant(grid: Grid, variant: Variant, out_dir: Path, own_wandb_run: bool = False) -> dict:
+    """Train one variant with the monitor attached; return its result row (raises on failure). ``own_wandb_run``:
+    open the variant's W&B run in the grid's group (a sweep agent's run is opened by the agent instead)."""
     model, report = apply_variant(variant.trainer_args["model"], **variant.modifications)
     cfg = GradmonConfig.from_dict(grid.gradmon)
     monitor = GradientMonitor(cfg).attach(model)
     args = {k: v for k, v in variant.trainer_args.items() if k != "model"}
     args.update(project=str(Path(out_dir).resolve()), name=variant.name, exist_ok=True)  # absolute: never nested
-    run = _start_wandb_run(cfg, wandb_group, variant, report)
+    run = _start_wandb_run(cfg, grid, variant, report) if own_wandb_run else None
     t0 = time.time()
     try:
         model.train(**args)
@@ -92,22 +94,20 @@ def train_variant(grid: Grid, variant: Variant, out_dir: Path, wandb_group: str 
     return row
 
 
-def _start_wandb_run(cfg: GradmonConfig, group: str | None, variant: Variant, report: dict):
-    if not cfg.wandb or group is None:
+def _start_wandb_run(cfg: GradmonConfig, grid: Grid, variant: Variant, report: dict):
+    """The variant's W&B run (None without W&B): in the grid's group, named by the variant, its axes' values at the top
+    of its config (W&B's grouping and parallel-coordinates panels read them), in the project the grid's ``project``
+    names, as Ultralytics names a training's project; the monitor's sink then logs into it."""
+    if not cfg.wandb:
+        return None
+    wb = import_wandb()
+    if wb is None:
         return None
     try:
-        import wandb
-
-        if getattr(wandb.run, "id", None):
-            wandb.run.finish()
-        return wandb.init(
-            project=str(variant.trainer_args.get("wandb_project") or "yolo-gradmon-ablation"),
-            group=group,
-            name=variant.name,
-            job_type="ablation",
-            config={**variant.values, "ablation": variant.values, "swap_report": report},
-            reinit=True,
-        )
+        config = {**variant.trainer_args, **variant.values, "ablation": variant.values, "swap_report": report,
+                  "gradmon": cfg.to_dict()}
+        return open_run(wb, project=grid.project, name=variant.name, group=grid.name, job_type="ablation",
+                        config=config)
     except Exception as e:  # noqa: BLE001 - W&B never blocks an ablation
         LOGGER.warning(f"{PREFIX}ablation: no W&B run for {variant.name} ({type(e).__name__}: {e})")
         return None
@@ -136,7 +136,7 @@ def run_grid(grid: Grid, resume: bool = True) -> Path:
             eta = f", ETA {_fmt_s(per * (len(variants) - k + 1))}"
         LOGGER.info(f"{PREFIX}ablation: variant {k}/{len(variants)} {variant.name} {variant.values}{eta}")
         try:
-            row = train_variant(grid, variant, out_dir, wandb_group=group)
+            row = train_variant(grid, variant, out_dir, own_wandb_run=True)
         except Exception as e:  # noqa: BLE001 - one failing variant never stops the grid
             LOGGER.error(f"{PREFIX}ablation: variant {variant.name} failed: {type(e).__name__}: {e}")
             row = {"variant": variant.name, **variant.values, "status": "failed",
@@ -195,16 +195,17 @@ def write_comparison(out_dir: Path, rows: list[dict], grid: Grid):
 
 
 def _log_wandb_summary(grid: Grid, rows: list[dict], group: str) -> None:
+    """One more run in the grid's group holding the comparison table."""
     if not GradmonConfig.from_dict(grid.gradmon).wandb:
         return
+    wb = import_wandb()
+    if wb is None:
+        return
     try:
-        import wandb
-
         df = comparison_frame(rows, grid)
-        run = wandb.init(project="yolo-gradmon-ablation", group=group, name=f"{group}-summary", job_type="ablation-summary",
-                         config={"grid": grid.to_dict()}, reinit=True)
-        table = wandb.Table(columns=df.columns, data=[list(r) for r in df.rows()])
-        run.log({"ablation/comparison": table})
+        run = open_run(wb, project=grid.project, name=f"{group}-summary", group=group, job_type="ablation-summary",
+                       config={"grid": grid.to_dict()})
+        run.log({"ablation/comparison": wb.Table(columns=df.columns, data=[list(r) for r in df.rows()])})
         run.summary["ablation/variants"] = df.height
         run.finish()
     except Exception as e:  # noqa: BLE001
@@ -223,10 +224,10 @@ def sweep_train(config: dict | None = None, grid_path: str | None = None, start_
     if start_run is None:
         start_run = config is None
     if start_run:
-        import wandb
+        import wandb  # a sweep agent's run: W&B sets its project and name
 
-        run = wandb.init(config=config or {})
-        config = {**(config or {}), **dict(wandb.config)}
+        run = open_run(wandb, project=None, name=None, config=config or {}, job_type="sweep")
+        config = {**(config or {}), **dict(run.config)}
     config = dict(config or {})
     path = grid_path or config.get("grid")
     if not path:
@@ -237,7 +238,7 @@ def sweep_train(config: dict | None = None, grid_path: str | None = None, start_
     out_dir = ablation_dir(grid)
     row: dict = {"variant": variant.name, **variant.values, "status": "failed"}
     try:
-        row = train_variant(grid, variant, out_dir, wandb_group=None)
+        row = train_variant(grid, variant, out_dir, own_wandb_run=False)
     except Exception as e:  # noqa: BLE001 - record, then let the agent see the failure
         row["error"] = f"{type(e).__name__}: {e}"
         raise

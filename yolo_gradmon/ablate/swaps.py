@@ -8,18 +8,7 @@ Ultralytics the detection models YOLO26n and YOLO11n have *no* activation module
 all of theirs (105 and 77 slots) are ``Conv.act`` SiLU, mostly the single ``nn.SiLU`` instance
 ``Conv.default_act`` shared by every ``Conv`` (YOLO26's ``one2one`` head copies hold deep copies), so
 slots are counted, not unique modules. Functional calls (``F.silu`` in ``SwiGLUFFN``, the softmax of attention, the
-output sigmoid of ``Detect``) are not modules and are never touched.
-
-What counts as an activation
-    A module whose type is in :data:`ACTIVATION_TYPES` (the package's activation registry,
-    :data:`yolo_gradmon.structure.activations.SWAPPABLE`, plus Ultralytics' learnable ``AGLU``), or a module this module inserted (it carries a
-    ``_gradmon_act`` marker). ``nn.Identity`` is **not** an activation unless we put it there: the
-    ``Identity`` a ``Conv(act=False)`` or ``Detect.dfl`` holds is a placeholder and is never replaced,
-    so swapping to ``relu`` cannot turn a linear projection into a ReLU. Swapping *to* ``identity``
-    inserts marked ``nn.Identity`` modules, which later swaps and :func:`count_activations` still see.
-    Activations inside :data:`DEFAULT_EXCLUDE` parents are left alone: the sigmoid *gates* of CBAM
-    (``ChannelAttention``/``SpatialAttention``) and the normalizing flow (``RealNVP``) the YOLO26 pose
-    loss uses; pass ``exclude=()`` to swap those too.
+output sigmoid of ``Detect``) are not modules and are never touched. What counts as an activation: :mod:`.activation_names`.
 
 Making a modification survive ``model.train()``
     Ultralytics' trainer never trains the module you modified: a YAML-built ``YOLO`` has an empty
@@ -56,13 +45,10 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import torch
 from torch import nn
 
-from ..structure import activations
+from .activation_names import (ACTIVATION_TYPES, ACTIVATION_YAML, activation_label, canonical_activation, is_activation,
+                               make_activation)
 
 __all__ = [
-    "ACTIVATIONS",
-    "ACTIVATION_ALIASES",
-    "ACTIVATION_TYPES",
-    "ACTIVATION_YAML",
     "DEFAULT_EXCLUDE",
     "NORM_TYPES",
     "SwapReport",
@@ -70,76 +56,14 @@ __all__ = [
     "VariantYOLO",
     "apply_variant",
     "build_model_with_activation",
-    "canonical_activation",
     "count_activations",
     "count_norms",
     "count_shortcuts",
     "disable_norm",
     "disable_shortcuts",
-    "make_activation",
     "swap_activations",
     "variant_of",
 ]
-
-# ---------------------------------------------------------------------------------------------------- registry
-#: canonical name -> factory returning a fresh module. LeakyReLU uses YOLO's customary slope 0.1
-#: (Darknet, YOLOv3-v5) rather than torch's 0.01. No module is created ``inplace``.
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "celu": nn.CELU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "hardswish": nn.Hardswish,
-    "identity": nn.Identity,
-    "leakyrelu": lambda: nn.LeakyReLU(0.1),
-    "mish": nn.Mish,
-    "relu": nn.ReLU,
-    "relu6": nn.ReLU6,
-    "selu": nn.SELU,
-    "sigmoid": nn.Sigmoid,
-    "silu": nn.SiLU,
-    "softplus": nn.Softplus,
-    "tanh": nn.Tanh,
-}
-
-#: the same activations as a model-YAML ``activation:`` value (what Ultralytics' ``parse_model`` reads)
-ACTIVATION_YAML: dict[str, str] = {
-    "celu": "nn.CELU()",
-    "elu": "nn.ELU()",
-    "gelu": "nn.GELU()",
-    "hardswish": "nn.Hardswish()",
-    "identity": "nn.Identity()",
-    "leakyrelu": "nn.LeakyReLU(0.1)",
-    "mish": "nn.Mish()",
-    "relu": "nn.ReLU()",
-    "relu6": "nn.ReLU6()",
-    "selu": "nn.SELU()",
-    "sigmoid": "nn.Sigmoid()",
-    "silu": "nn.SiLU()",
-    "softplus": "nn.Softplus()",
-    "tanh": "nn.Tanh()",
-}
-
-#: other accepted spellings (after lower-casing and dropping ``_``, ``-``, spaces, ``nn.`` and ``()``)
-ACTIVATION_ALIASES: dict[str, str] = {
-    "swish": "silu",
-    "lrelu": "leakyrelu",
-    "leaky": "leakyrelu",
-    "hswish": "hardswish",
-    "linear": "identity",
-}
-
-
-def _aglu_type() -> tuple[type, ...]:
-    try:
-        from ultralytics.nn.modules.activation import AGLU
-
-        return (AGLU,)
-    except Exception:  # noqa: BLE001 - older Ultralytics without AGLU
-        return ()
-
-
-#: module types treated as activations (nn.Identity deliberately absent: see the module docstring)
-ACTIVATION_TYPES: tuple[type, ...] = tuple(getattr(nn, name) for name in activations.SWAPPABLE) + _aglu_type()
 
 #: parents (by class name) whose activations are not part of the feature path and are left alone by default
 DEFAULT_EXCLUDE: tuple[str, ...] = ("ChannelAttention", "SpatialAttention", "RealNVP")
@@ -152,61 +76,9 @@ NORM_TYPES: tuple[type, ...] = (
     nn.LayerNorm,
 )
 
-_ACT_MARK = "_gradmon_act"  # inserted activation: value = canonical name
 _NORM_MARK = "_gradmon_norm_removed"  # identity standing in for a norm layer: value = original type name
 
 Include = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
-
-
-def _norm_key(name: str) -> str:
-    key = str(name).strip().lower()
-    for prefix in ("torch.nn.", "nn."):
-        if key.startswith(prefix):
-            key = key[len(prefix) :]
-    key = key.removesuffix("()")
-    for ch in "_- ":
-        key = key.replace(ch, "")
-    return key
-
-
-def _valid_names_message() -> str:
-    aliases = ", ".join(f"{a}={c}" for a, c in sorted(ACTIVATION_ALIASES.items()))
-    return f"valid names: {', '.join(sorted(ACTIVATIONS))} (case-insensitive; aliases: {aliases})"
-
-
-def canonical_activation(name: str) -> str:
-    """The registry key for an activation name (``"LeakyReLU"``, ``"leaky_relu"`` -> ``"leakyrelu"``).
-
-    Raises:
-        ValueError: unknown name; the message lists the valid names, sorted.
-    """
-    if not isinstance(name, str):
-        raise ValueError(f"activation name must be a string, got {name!r}; {_valid_names_message()}")
-    key = _norm_key(name)
-    key = ACTIVATION_ALIASES.get(key, key)
-    if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; {_valid_names_message()}")
-    return key
-
-
-def make_activation(name: str) -> nn.Module:
-    """A fresh activation module for ``name`` (case-insensitive), marked as an inserted activation.
-
-    Raises:
-        ValueError: unknown name; the message lists the valid names, sorted.
-    """
-    key = canonical_activation(name)
-    module = ACTIVATIONS[key]()
-    setattr(module, _ACT_MARK, key)
-    return module
-
-
-def _is_activation(m: nn.Module) -> bool:
-    return m.__dict__.get(_ACT_MARK) is not None or isinstance(m, ACTIVATION_TYPES)
-
-
-def _act_label(m: nn.Module) -> str:
-    return type(m).__name__
 
 
 # ---------------------------------------------------------------------------------------------------- walking
@@ -297,12 +169,12 @@ def _swap(root: nn.Module, key: str, include: Include, exclude: Iterable[str]) -
     keep = _include_fn(include)
     replaced: dict[str, int] = {}
     names: list[str] = []
-    for parent, attr, qual, child in list(_slots(root, _is_activation, exclude)):
+    for parent, attr, qual, child in list(_slots(root, is_activation, exclude)):
         if not keep(qual, child):
             continue
         new = make_activation(key)
         setattr(parent, attr, new)
-        label = _act_label(child)
+        label = activation_label(child)
         replaced[label] = replaced.get(label, 0) + 1
         names.append(qual)
     if not names:
@@ -353,8 +225,8 @@ def count_activations(model: Any, *, exclude: Iterable[str] = DEFAULT_EXCLUDE) -
     ``exclude`` parents are not counted (pass ``exclude=()`` to count everything).
     """
     counts: dict[str, int] = {}
-    for _, _, _, child in _slots(_unwrap(model), _is_activation, exclude):
-        label = _act_label(child)
+    for _, _, _, child in _slots(_unwrap(model), is_activation, exclude):
+        label = activation_label(child)
         counts[label] = counts.get(label, 0) + 1
     return dict(sorted(counts.items()))
 

@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..config import GradmonConfig
+from ..fields import as_float
 from ..structure.graph import consumers, cut_ratio, upstream_only
 from .cause import likely_cause
 
@@ -118,10 +119,6 @@ def _measured(values) -> bool:
     return values is not None and any(v is not None for v in values)
 
 
-def _f(x) -> float:
-    return float("nan") if x is None else float(x)
-
-
 class RuleEngine:
     """Incremental detector over logged steps for a fixed module list."""
 
@@ -142,8 +139,6 @@ class RuleEngine:
         self._norms: list[list[float]] = [[] for _ in range(n)]
         self.flags: list[Flag] = []
         self._open: dict[tuple[str, int], Flag] = {}
-        self.steps_seen = 0
-        self.backwards_seen = 0  # backward passes with a flow measurement
         self._health: tuple | None = None  # the last activation-health sample: (saturated, dead, step)
         self._flow_att: Sequence | None = None  # the last measured flow profile (names the cause between samples)
         names = self.layers.get("layers") or []
@@ -155,7 +150,6 @@ class RuleEngine:
     def update(self, view: StepView) -> list[Flag]:
         """Consume one logged step; return the flags raised by it (new flags only)."""
         cfg = self.cfg
-        self.steps_seen += 1
         view = self._with_last_health(view)
         new: list[Flag] = []
         cuts = self._cuts(view)
@@ -164,9 +158,9 @@ class RuleEngine:
         for i, name in enumerate(self.modules):
             if not self.trainable[i] or not view.has_grad[i]:
                 continue
-            g = _f(view.grad_norm[i])
-            r = _f(view.grad_to_weight[i])
-            u = _f(view.update_to_weight[i])
+            g = as_float(view.grad_norm[i])
+            r = as_float(view.grad_to_weight[i])
+            u = as_float(view.update_to_weight[i])
             nf = int(view.nonfinite[i] or 0)
             if nf > 0 or not math.isfinite(g):
                 new += self._raise("nonfinite", i, view.step, {"nonfinite_values": nf, "grad_norm": g})
@@ -179,7 +173,7 @@ class RuleEngine:
             li = self.layer_index[i] if i < len(self.layer_index) else -1
             a = float("nan")
             if view.flow_attenuation is not None and 0 <= li < len(view.flow_attenuation) and li != self._head:
-                a = _f(view.flow_attenuation[li])
+                a = as_float(view.flow_attenuation[li])
             cut = cuts.get(li)  # (ratio, cut layer) when this layer reaches the head only through a cut
             low_r = g > 0.0 and math.isfinite(r) and r < cfg.vanish_grad_to_weight
             low_a = math.isfinite(a) and (a < cfg.vanish_flow_attenuation or cut is not None)
@@ -217,8 +211,6 @@ class RuleEngine:
                     continue  # keep the spike out of the running median
                 self._high[i] = 0
             hist.append(g)
-        if view.flow_attenuation is not None:
-            self.backwards_seen += max(1, view.flow_backwards)
         return new
 
     def replay(self, records: Iterable[dict]) -> None:
@@ -306,14 +298,14 @@ def _merge_evidence(old: dict, new: dict) -> dict:
         out["min_flow_attenuation"] = _nanmin(old.get("min_flow_attenuation", old["flow_attenuation"]),
                                               new["flow_attenuation"])
     if "grad_norm" in old and "grad_norm" in new and old.get("rule") == new.get("rule") is not None:
-        out["max_grad_norm"] = max(_f(old.get("max_grad_norm", old["grad_norm"])), _f(new["grad_norm"]))
+        out["max_grad_norm"] = max(as_float(old.get("max_grad_norm", old["grad_norm"])), as_float(new["grad_norm"]))
     if "cause" in old and "cause" not in new:
         out["cause"] = old["cause"]
     return out
 
 
 def _nanmin(a, b) -> float:
-    vals = [v for v in (_f(a), _f(b)) if math.isfinite(v)]
+    vals = [v for v in (as_float(a), as_float(b)) if math.isfinite(v)]
     return min(vals) if vals else float("nan")
 
 

@@ -34,7 +34,7 @@ from ..structure import activations
 from ..structure.layout import top_layers
 from .flow import warn_failed
 
-ELEMENTWISE = tuple(getattr(nn, name) for name in activations.ELEMENTWISE)
+ELEMENTWISE_TYPES = tuple(getattr(nn, name) for name in activations.ELEMENTWISE)
 _GRID = 60.0
 
 
@@ -100,7 +100,7 @@ class ActivationHealth:
         for layer in layers:
             names = set()
             for m in layer.modules():
-                if not isinstance(m, ELEMENTWISE):
+                if not isinstance(m, ELEMENTWISE_TYPES):
                     continue
                 if getattr(m, "inplace", False) and not isinstance(m, nn.ReLU):
                     continue  # the input is overwritten by the output: its derivative cannot be recovered

@@ -43,7 +43,8 @@ INF = float("inf")
 class StepStats:
     """Host-side statistics of one logged optimizer step; per-module arrays follow ``layout.names``.
 
-    Non-finite statistics are NaN here; sinks store them as null.
+    Non-finite statistics are NaN here; the step record made from it (:func:`yolo_gradmon.record.logfile.step_record`)
+    is plain, with None for them.
     """
 
     step: int
@@ -61,21 +62,6 @@ class StepStats:
     max_abs_grad: np.ndarray
     nonfinite: np.ndarray
     extra: dict = dataclasses.field(default_factory=dict)  # record fields of the extra sources (flow, health)
-
-    def module_rows(self, names: Sequence[str]) -> list[dict]:
-        """Long-format rows (one per module that received a gradient)."""
-        cols = ("grad_norm", "weight_norm", "grad_to_weight", "update_to_weight", "max_abs_grad")
-        rows = []
-        for i, name in enumerate(names):
-            if not self.has_grad[i]:
-                continue
-            row = {"step": self.step, "epoch": self.epoch, "module": name}
-            for c in cols:
-                v = float(getattr(self, c)[i])
-                row[c] = v if math.isfinite(v) else None
-            row["nonfinite"] = int(self.nonfinite[i])
-            rows.append(row)
-        return rows
 
 
 @dataclasses.dataclass
@@ -147,7 +133,7 @@ class GradientCapture:
             # ‖Δw‖ now, on the device: weights reloaded before the next step must not count as this step's update
             self._measure_update()
             if logged and self._pending is not None:
-                scale = _scale_tensor(scaler)  # a copy: later (unlogged) steps update the scaler in place
+                scale = amp_scale_tensor(scaler)  # a copy: later (unlogged) steps update the scaler in place
                 self._pending.scale_after = scale.clone() if scale is not None else None
         return done
 
@@ -172,7 +158,7 @@ class GradientCapture:
             self._grad_split = _Split.of([i for i, ok in enumerate(present) if ok], L.params, L.group_of, self.device)
         gs, ws = self._grad_split, self._weight_split
         zeros = torch.zeros(G, device=self.device, dtype=torch.float32)
-        scale = _scale_tensor(scaler)
+        scale = amp_scale_tensor(scaler)
         inv = scale.double().reciprocal() if scale is not None else None
         # large tensors: one multi-tensor norm call for gradients and weights together
         low = any(p.dtype in _LOW_PRECISION for p in L.params)  # grads share their parameter's dtype
@@ -391,7 +377,7 @@ def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors, INF)).float()
 
 
-def _scale_tensor(scaler) -> torch.Tensor | None:
+def amp_scale_tensor(scaler) -> torch.Tensor | None:
     """The GradScaler's current scale as a device tensor (no sync), or None when AMP scaling is off."""
     if scaler is None or not scaler.is_enabled():
         return None

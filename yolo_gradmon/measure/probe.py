@@ -7,7 +7,7 @@ from typing import Callable
 
 from ..config import GradmonConfig
 from ..structure.layout import build_layout
-from .depth import DepthSignals
+from .layer_signals import DepthSignals
 from .params import GradientCapture
 from .schedule import PassPlan
 

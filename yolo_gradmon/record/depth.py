@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Sequence
 
-from .logfile import finite_or_none
+from ..fields import finite_or_none
 
 EARLY_FRACTION = 0.25
 
@@ -21,13 +21,6 @@ def early_layers(n_layers: int) -> list[int]:
     if n_layers < 2:
         return []
     return list(range(max(1, round((n_layers - 1) * EARLY_FRACTION))))
-
-
-def _seq(values) -> list:
-    """A record's per-module / per-layer array as a list (live records hold numpy arrays, read ones lists)."""
-    if values is None:
-        return []
-    return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 def _finite(values) -> list[float]:
@@ -48,7 +41,7 @@ def step_depth(record: dict, header: dict) -> dict:
     """
     layers = list(header.get("layers") or [])
     early = set(early_layers(len(layers)))
-    att = _seq(record.get("flow_attenuation"))
+    att = record.get("flow_attenuation") or []
     out: dict = {"early_flow": _median(att[i] for i in early if i < len(att)),
                  "weakest_flow": None, "weakest_layer": None}
     inner = [(f, i) for i, f in enumerate(map(finite_or_none, att[: max(0, len(layers) - 1)])) if f is not None]
@@ -56,8 +49,8 @@ def step_depth(record: dict, header: dict) -> dict:
         v, i = min(inner)
         out["weakest_flow"], out["weakest_layer"] = v, layers[i]
     li = header.get("layer_index") or []
-    g2w = _seq(record.get("grad_to_weight"))
-    has = _seq(record.get("has_grad")) or [True] * len(g2w)
+    g2w = record.get("grad_to_weight") or []
+    has = record.get("has_grad") or [True] * len(g2w)
     out["early_grad_to_weight"] = _median(
         g2w[m] for m in range(min(len(li), len(g2w), len(has))) if li[m] in early and has[m]
     )
@@ -84,7 +77,7 @@ def layer_profile(records: Sequence[dict], header: dict, field: str = "flow_atte
     layers = list(header.get("layers") or [])
     values: list[list[float]] = [[] for _ in layers]
     for rec in records:
-        for i, f in enumerate(map(finite_or_none, _seq(rec.get(field))[: len(layers)])):
+        for i, f in enumerate(map(finite_or_none, (rec.get(field) or [])[: len(layers)])):
             if f is not None:
                 values[i].append(f)
     return [

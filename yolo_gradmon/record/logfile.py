@@ -16,51 +16,21 @@ Everything else (``gradients.parquet``, ``summary.json``, reports) is derived fr
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from ..fields import MODULE_FIELDS, plain_values
 
 SCHEMA_VERSION = 1
 LOG_NAME = "gradients.jsonl"
-MODULE_COLUMNS = ("grad_norm", "weight_norm", "grad_to_weight", "update_to_weight", "max_abs_grad", "nonfinite")
-# Optional per-layer arrays of a ``step`` line, aligned with the header's ``layers`` (every top-level layer, with or
-# without parameters); absent in logs written without the flow / activation-health signals (same schema version).
-LAYER_COLUMNS = ("flow_norm", "flow_attenuation", "act_saturated", "act_dead")
 
 
 class LogSchemaError(ValueError):
     """A log written with a schema this version cannot read."""
 
 
-def finite_or_none(v) -> float | None:
-    """A finite float, or None for None/NaN/Inf: how the log stores a non-finite or missing statistic."""
-    return None if v is None or not math.isfinite(float(v)) else float(v)
-
-
-def plain(value: Any) -> Any:
-    """JSON-ready Python values: numpy scalars and arrays unwrapped, non-finite floats as None (recursively)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.ndarray):
-        return [plain(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, (np.floating,)):
-        return plain(float(value))
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
-
-
 def dumps(record: dict) -> str:
     """Strict JSON for one log line: NaN/Inf become null."""
-    return json.dumps(plain(record), allow_nan=False, separators=(",", ":"))
+    return json.dumps(plain_values(record), allow_nan=False, separators=(",", ":"))
 
 
 class LogWriter:
@@ -247,28 +217,9 @@ def header_record(model: str, task: str | None, granularity: str, measured: dict
     return out
 
 
-def train_facts(trainer) -> dict:
-    """What sets the number of optimizer steps of a run (read at train start, duck-typed: no torch here):
-    ``batch`` (the trainer's batch size), ``nbs``, ``batches_per_epoch``, ``epochs`` and ``accumulate`` (the trainer's,
-    else ``max(round(nbs / batch), 1)``; Ultralytics ramps it up from 1 during warm-up). Missing values are left out."""
-    args = getattr(trainer, "args", None)
-    facts = {"batch": getattr(trainer, "batch_size", None) or getattr(args, "batch", None),
-             "nbs": getattr(args, "nbs", None), "epochs": getattr(trainer, "epochs", None)}
-    try:
-        facts["batches_per_epoch"] = len(trainer.train_loader)
-    except Exception:  # noqa: BLE001 - no loader yet: the verdict simply says less
-        pass
-    out = {k: int(v) for k, v in facts.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0}
-    acc = getattr(trainer, "accumulate", None)  # the trainer's own (capped at the run's batch count)
-    if isinstance(acc, int) and acc > 0:
-        out["accumulate"] = acc
-    elif "batch" in out and "nbs" in out:
-        out["accumulate"] = max(round(out["nbs"] / out["batch"]), 1)
-    return out
-
-
 def step_record(stats, warmup: bool | None) -> dict:
-    """The ``step`` log line of a :class:`~yolo_gradmon.measure.params.StepStats`."""
+    """The ``step`` log line of a :class:`~yolo_gradmon.measure.params.StepStats`, plain from here on (lists, ``None``
+    for non-finite: :mod:`yolo_gradmon.fields`), so the record every consumer receives equals the line read back."""
     rec = {
         "type": "step",
         "step": stats.step,
@@ -279,8 +230,8 @@ def step_record(stats, warmup: bool | None) -> dict:
         "total_norm": stats.total_norm,
         "clip_active": stats.clip_active,
         "warmup": warmup,
-        "has_grad": [bool(x) for x in stats.has_grad],
+        "has_grad": stats.has_grad,
+        **{name: getattr(stats, name) for name in MODULE_FIELDS},
+        **stats.extra,  # flow / activation-health fields (optional in the log)
     }
-    for c in MODULE_COLUMNS:
-        rec[c] = getattr(stats, c)
-    return rec
+    return plain_values(rec)

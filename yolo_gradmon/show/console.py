@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
-from ultralytics.utils import LOGGER
-
+from pathlib import Path
 from typing import Callable
+
+from ultralytics.utils import LOGGER
 
 from ..config import PREFIX
 from ..judge.rules import Flag
-from .sink import History, RunInfo, Sink
+from ..record.outputs import TrainEnd
+from .html import REPORT_NAME
+from .sink import RunInfo, Sink
 
 
 def _g(v) -> str:
@@ -49,7 +52,7 @@ def print_start(n_modules: int, n_trainable: int, granularity: str, log_every: i
     )
 
 
-def print_end(summary: dict, where: str) -> None:
+def print_end(summary: dict, where: str, report: Path | None = None) -> None:
     n = summary["steps_logged"]
     verdict = (
         summary.get("verdict", "too few steps to judge") if summary.get("too_few_steps")
@@ -59,8 +62,7 @@ def print_end(summary: dict, where: str) -> None:
     for line in format_table(summary):
         LOGGER.info(f"  {line}")
     LOGGER.info(f"{PREFIX}results in {where}")
-    report = (summary.get("media") or {}).get("report")
-    if report:
+    if report is not None:
         LOGGER.info(f"{PREFIX}report: {report}")
 
 
@@ -91,8 +93,9 @@ class ConsoleSink(Sink):
     def on_flag(self, flag: Flag) -> None:
         warn_flag(flag)
 
-    def finish(self, summary: dict, history: History) -> None:
+    def finish(self, end: TrainEnd) -> None:
         if self.table:
-            where = str(self.out_dir) if self.local_ok() else (
-                f"memory only (the local log in {self.out_dir} failed, see above)")
-            print_end(summary, where)
+            ok = self.local_ok()
+            where = str(self.out_dir) if ok else f"memory only (the local log in {self.out_dir} failed, see above)"
+            report = end.out_dir / REPORT_NAME
+            print_end(end.summary, where, report if ok and report.is_file() else None)

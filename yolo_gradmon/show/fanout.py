@@ -8,21 +8,41 @@ from ultralytics.utils import LOGGER
 from ..config import PREFIX, GradmonConfig
 from .console import ConsoleSink
 from .local import LocalSink
-from .sink import GuardedSink, Sink
+from ..judge.rules import Flag
+from ..record.outputs import TrainEnd
+from .sink import GuardedSink, History, RunInfo, Sink
 
 
-class Fanout:
-    """Hands every monitor event to every enabled sink."""
+class Fanout(Sink):
+    """Hands every monitor event to every enabled sink, in order."""
+
+    name = "fanout"
 
     def __init__(self, cfg: GradmonConfig, extra: list[Sink] = ()):
         local = GuardedSink(LocalSink(), error=True)
         self.local = local
         console = ConsoleSink(table=cfg.console, local_ok=lambda: local.enabled)
-        self.sinks = [local, *(GuardedSink(s) for s in [*extra, *_wandb(cfg)]), GuardedSink(console)]
+        self.sinks: list[GuardedSink] = [local, *(GuardedSink(s) for s in [*extra, *_wandb(cfg)]), GuardedSink(console)]
 
-    def __call__(self, event: str, *args) -> None:
+    def start(self, run: RunInfo) -> None:
         for sink in self.sinks:
-            sink.call(event, *args)
+            sink.start(run)
+
+    def log_step(self, record: dict, n_flagged: int) -> None:
+        for sink in self.sinks:
+            sink.log_step(record, n_flagged)
+
+    def on_flag(self, flag: Flag) -> None:
+        for sink in self.sinks:
+            sink.on_flag(flag)
+
+    def epoch_end(self, epoch: int, step: int, history: History) -> None:
+        for sink in self.sinks:
+            sink.epoch_end(epoch, step, history)
+
+    def finish(self, end: TrainEnd) -> None:
+        for sink in self.sinks:
+            sink.finish(end)
 
 
 def _wandb(cfg: GradmonConfig) -> list[Sink]:

@@ -3,8 +3,7 @@
 - :func:`heatmap_png`: module x logged step, colour = log10 of a column (parameter-gradient norm by default).
 - :func:`curves_png`: one line per module over the logged steps (log y), coloured by depth; with more than
   50 modules, one line per top-level layer (:func:`pool_layers`).
-- :func:`depth_profile_png`: median value of a column per depth, several runs overlaid (ablation comparisons).
-- :func:`render_pngs`: ``heatmap.png`` and ``curves.png`` of a run from its log records.
+- depth charts (median per layer, several runs overlaid; flow and activation health by layer): :mod:`.depth_figures`.
 
 Figures are drawn on bare :class:`matplotlib.figure.Figure` objects with the Agg canvas: pyplot is never
 imported, so no global figure state is created or leaked and the caller's backend is left alone.
@@ -35,7 +34,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from ..record.tables import module_frame
+from ..fields import BY_NAME
 
 HEATMAP_NAME = "heatmap.png"
 CURVES_NAME = "curves.png"
@@ -43,7 +42,7 @@ CURVES_NAME = "curves.png"
 # cell categories of the heatmap
 _MISSING, _VALUE, _NONFINITE, _ZERO = 0, 1, 2, 3
 _MISSING_RGBA = (0.66, 0.66, 0.66, 1.0)  # grey
-_NONFINITE_RGBA = (0.89, 0.10, 0.11, 1.0)  # red: not in viridis
+NONFINITE_RGBA = (0.89, 0.10, 0.11, 1.0)  # red: not in viridis
 _ZERO_RGBA = (1.0, 1.0, 1.0, 1.0)  # white: not in viridis
 _MAX_COLS = 1000  # more logged steps than this are binned (median per bin; non-finite wins)
 _MAX_CURVE_POINTS = 1500
@@ -51,31 +50,20 @@ _LABEL_EVERY_ROW = 50  # up to this many modules every row is labelled; beyond, 
 _DPI = 110
 _LAYER_RE = re.compile(r"^(\d+\.[^.]+)")
 
-_COLUMN_LABELS = {
-    "grad_norm": "‖grad‖",
-    "weight_norm": "‖weight‖",
-    "grad_to_weight": "‖grad‖/‖weight‖",
-    "update_to_weight": "‖Δweight‖/‖weight‖",
-    "max_abs_grad": "max |grad|",
-    "nonfinite": "non-finite count",
-    "flow_norm": "flow ‖dL/d out‖",
-    "flow_attenuation": "flow relative to the head",
-}
-
-
 def column_label(column: str) -> str:
-    """Human label of a log column (``grad_norm`` → ``‖grad‖``)."""
-    return _COLUMN_LABELS.get(column, column)
+    """Human label of a log column (``grad_norm`` → ``‖grad‖``), from :mod:`yolo_gradmon.fields`."""
+    field = BY_NAME.get(column)
+    return field.label if field is not None and field.label else column
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -85,16 +73,16 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _empty_png(path: str | Path, title: str, message: str) -> Path:
-    fig = _new_figure(8, 3)
+def empty_png(path: str | Path, title: str, message: str) -> Path:
+    fig = new_figure(8, 3)
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.35")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _layer_of(name: str) -> str:
+def layer_of(name: str) -> str:
     """``"02.C3k2.m.0.cv1.conv.weight"`` → ``"02.C3k2"`` (the top-level layer key); other names unchanged."""
     m = _LAYER_RE.match(name)
     return m.group(1) if m else name
@@ -163,7 +151,7 @@ def _label_fontsize(n_labels: int, axis_inches: float) -> float:
     return float(np.clip(per_label_pt * 0.72, 4.0, 9.0))
 
 
-def _module_order(frame: pl.DataFrame, modules: Sequence[str] | None) -> list[str]:
+def module_order(frame: pl.DataFrame, modules: Sequence[str] | None) -> list[str]:
     if modules is not None:
         return list(modules)
     return list(dict.fromkeys(frame["module"].to_list())) if frame.height else []
@@ -265,14 +253,14 @@ def shared_norm(frames: Iterable[pl.DataFrame], column: str = "grad_norm") -> tu
 def colorbar_png(path: str | Path, norm: Normalize, label: str, extend: str = "neither", cmap: str = "viridis",
                  title: str | None = None) -> Path:
     """A standalone horizontal colour bar (one for several maps drawn with ``colorbar=False``)."""
-    fig = _new_figure(6.5, 0.95 if title is None else 1.2)
+    fig = new_figure(6.5, 0.95 if title is None else 1.2)
     ax = fig.add_subplot()
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=matplotlib.colormaps[cmap]), cax=ax, orientation="horizontal",
                         extend=extend)
     cbar.set_label(label)
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def shared_ylim(frames: Iterable[pl.DataFrame], column: str = "grad_norm") -> tuple[float, float] | None:
@@ -330,7 +318,7 @@ def heatmap_png(
     has room), non-overlapping, with thin lines between layers.
 
     Args:
-        frame: long format, one row per (step, module) as :func:`yolo_gradmon.logfile.module_frame` returns
+        frame: long format, one row per (step, module) as :func:`yolo_gradmon.record.tables.module_frame` returns
             (columns ``step``, ``module``, ``column`` and optionally ``epoch`` and ``nonfinite``).
         modules: module names in depth order (``header["modules"]``); ``None`` uses the frame's order.
         path: the PNG file to write.
@@ -344,12 +332,12 @@ def heatmap_png(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    modules = _module_order(frame, modules)
+    modules = module_order(frame, modules)
     label = column_label(column)
     title = title if title is not None else f"{label} per module and logged step"
     steps, epochs, values, cat = _grid(frame, modules, column)
     if steps.size == 0 or not modules:
-        return _empty_png(path, title, "no logged optimizer steps yet")
+        return empty_png(path, title, "no logged optimizer steps yet")
     per_col = max(1, math.ceil(steps.size / _MAX_COLS))
     if per_col > 1:
         values, cat = _bin_columns(values, cat, per_col)
@@ -364,7 +352,7 @@ def heatmap_png(
     rgba = cmap(norm(np.nan_to_num(logv, nan=norm.vmin)).clip(0.0, 1.0))
     rgba[cat == _MISSING] = _MISSING_RGBA
     rgba[cat == _ZERO] = _ZERO_RGBA
-    rgba[cat == _NONFINITE] = _NONFINITE_RGBA
+    rgba[cat == _NONFINITE] = NONFINITE_RGBA
 
     height = float(np.clip(1.9 + 0.2 * n_rows, 3.4, 13.0)) if n_rows <= _LABEL_EVERY_ROW else 13.0
     axis_inches = height - 1.6
@@ -373,7 +361,7 @@ def heatmap_png(
     positions, labels, layer_starts = _row_labels(modules, axis_inches, fs)
     max_label = max((len(s) for s in labels), default=4)
     width = float(np.clip(8.5 + 0.055 * max_label, 9.0, 13.0))
-    fig = _new_figure(width, height)
+    fig = new_figure(width, height)
     ax = fig.add_subplot()
     ax.imshow(rgba, aspect="auto", interpolation="nearest", origin="upper",
               extent=(-0.5, n_cols - 0.5, n_rows - 0.5, -0.5))
@@ -382,7 +370,7 @@ def heatmap_png(
     flagged = set(flagged)
     for tick, text in zip(ax.get_yticklabels(), labels):
         if flagged and _flagged_label(text, flagged):
-            tick.set_color(_NONFINITE_RGBA)
+            tick.set_color(NONFINITE_RGBA)
             tick.set_fontweight("bold")
     if grouped:
         ax.tick_params(axis="y", length=2, width=0.5)
@@ -403,7 +391,7 @@ def heatmap_png(
     bad_cols = np.flatnonzero((cat == _NONFINITE).any(axis=0))
     if bad_cols.size:
         ax.plot(bad_cols, np.full(bad_cols.size, 1.0), transform=ax.get_xaxis_transform(), ls="none",
-                marker="v", ms=6, color=_NONFINITE_RGBA, clip_on=False)
+                marker="v", ms=6, color=NONFINITE_RGBA, clip_on=False)
     if not (cat == _VALUE).any():
         ax.text(0.5, 0.5, f"no finite positive {label} values", transform=ax.transAxes, ha="center", va="center",
                 fontsize=11, bbox={"facecolor": "white", "edgecolor": "0.6"})
@@ -417,7 +405,7 @@ def heatmap_png(
         for kind, rgba_, text in (
             (_MISSING, _MISSING_RGBA, "no value (no gradient)"),
             (_ZERO, _ZERO_RGBA, "zero"),
-            (_NONFINITE, _NONFINITE_RGBA, "non-finite (NaN/Inf), ▼ = step"),
+            (_NONFINITE, NONFINITE_RGBA, "non-finite (NaN/Inf), ▼ = step"),
         )
         if (cat == kind).any()
     ]
@@ -425,7 +413,7 @@ def heatmap_png(
         handles.append(Line2D([], [], color="black", lw=0.8, ls=(0, (4, 3)), alpha=0.6, label="epoch start"))
     if handles:
         fig.legend(handles=handles, loc="outside lower right", ncols=len(handles), fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _depth_colours(n: int):
@@ -442,7 +430,7 @@ def pool_layers(frame: pl.DataFrame, modules: Sequence[str]) -> tuple[pl.DataFra
     ``update_to_weight`` the median over the layer's modules. A non-finite module makes its layer's norms
     non-finite (null). Returns the pooled long frame and the layer keys in depth order.
     """
-    layers = list(dict.fromkeys(_layer_of(m) for m in modules))
+    layers = list(dict.fromkeys(layer_of(m) for m in modules))
     if frame.height == 0:
         return frame, layers
     f = frame.filter(pl.col("module").is_in(list(modules)))
@@ -476,7 +464,7 @@ def _auto_pool(modules: Sequence[str]) -> bool:
     return len(modules) > _LABEL_EVERY_ROW and all(re.match(r"^\d+\.", m) for m in modules)
 
 
-def _curves_title(modules: Sequence[str], what: str) -> str:
+def curves_title(modules: Sequence[str], what: str) -> str:
     return f"Parameter-gradient norm ‖grad‖ per {'layer' if _auto_pool(modules) else 'module'} over training — {what}"
 
 
@@ -496,7 +484,7 @@ def curves_png(
     at the top. More than 1500 logged steps are binned (median per bin).
 
     Args:
-        frame: long format as :func:`yolo_gradmon.logfile.module_frame` returns.
+        frame: long format as :func:`yolo_gradmon.record.tables.module_frame` returns.
         modules: module names in depth order; ``None`` uses the frame's order.
         path: the PNG file to write.
         column: the value column to plot.
@@ -509,7 +497,7 @@ def curves_png(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    modules = _module_order(frame, modules)
+    modules = module_order(frame, modules)
     label = column_label(column)
     if pool is None:
         pool = _auto_pool(modules)
@@ -523,7 +511,7 @@ def curves_png(
     steps, _epochs, values, cat = _grid(frame, modules, column)
     if steps.size == 0 or not modules or not np.isfinite(values).any():
         msg = "no logged optimizer steps yet" if steps.size == 0 else f"no finite positive {label} values"
-        return _empty_png(path, title, msg)
+        return empty_png(path, title, msg)
     per = max(1, math.ceil(steps.size / _MAX_CURVE_POINTS))
     x = steps.astype(float)
     if per > 1:
@@ -531,7 +519,7 @@ def curves_png(
         x = steps[::per].astype(float)
     n = len(modules)
     cmap, norm = _depth_colours(n)
-    fig = _new_figure(11.0, 6.0 if n <= _LABEL_EVERY_ROW else 7.0)
+    fig = new_figure(11.0, 6.0 if n <= _LABEL_EVERY_ROW else 7.0)
     ax = fig.add_subplot()
     lw = 1.3 if n <= 30 else (0.9 if n <= 100 else 0.6)
     alpha = 0.9 if n <= 30 else 0.6
@@ -568,248 +556,7 @@ def curves_png(
         t.set_fontfamily("monospace")
     cbar.ax.invert_yaxis()  # input at the top, like the heatmap
     cbar.set_label("depth: input (top) → head (bottom)")
-    return _save(fig, path)
-
-
-def _profile(frame: pl.DataFrame, modules: Sequence[str], column: str) -> tuple[list[float], list[str], np.ndarray]:
-    """(x, tick labels, [median, q25, q75] per x) of one run.
-
-    x is the top-level layer index when every module name starts with one (``"02.C3k2..."``): modules of a
-    layer are pooled, so runs at different granularities or with swapped blocks line up by depth.
-    Otherwise x is the module's position in ``modules``.
-    """
-    modules = list(modules)
-    layered = bool(modules) and all(re.match(r"^\d+\.", m) for m in modules)
-    key = {m: (int(m.split(".", 1)[0]) if layered else i) for i, m in enumerate(modules)}
-    names: dict[float, str] = {}
-    for m in modules:
-        names.setdefault(key[m], _layer_of(m) if layered else m)
-    sub = frame.filter(pl.col("module").is_in(modules)).select("module", pl.col(column).cast(pl.Float64))
-    sub = sub.filter(pl.col(column).is_finite() & (pl.col(column) > 0))
-    sub = sub.with_columns(pl.col("module").replace_strict(key, return_dtype=pl.Float64).alias("x"))
-    agg = (
-        sub.group_by("x")
-        .agg(
-            pl.col(column).median().alias("median"),
-            pl.col(column).quantile(0.25).alias("q25"),
-            pl.col(column).quantile(0.75).alias("q75"),
-        )
-        .sort("x")
-    )
-    xs = agg["x"].to_list()
-    stats = agg.select("median", "q25", "q75").to_numpy() if agg.height else np.zeros((0, 3))
-    return xs, [names[x] for x in xs], stats
-
-
-def depth_profile_png(
-    runs: Mapping[str, pl.DataFrame] | pl.DataFrame,
-    modules: Sequence[str] | Mapping[str, Sequence[str]] | None,
-    path: str | Path,
-    column: str = "grad_norm",
-    title: str | None = None,
-    ylabel: str | None = None,
-    hlines: Sequence[tuple[float, str]] = (),
-) -> Path:
-    """Draw the median of ``column`` by depth (one line per run, shaded 25–75 % band) and save it as a PNG.
-
-    Meant for ablations: pass ``{label: frame}`` to overlay several runs on one chart. When module names
-    start with the top-level layer index (``"02.C3k2"``, always the case for Ultralytics models), x is that
-    index and a layer's modules are pooled, so variants whose layers have other classes or other module
-    counts still line up by depth; tick labels show the layer (``"02.C3k2"``, or ``"02.C3k2/A2C2f"`` when
-    the runs differ). Otherwise x is the position in the module list.
-
-    Args:
-        runs: one long frame (as :func:`yolo_gradmon.logfile.module_frame` returns) or ``{label: frame}``.
-        modules: depth-ordered module names shared by all runs, ``{label: modules}`` per run, or ``None``
-            to use each frame's own order.
-        path: the PNG file to write.
-        column: the value column to profile.
-        title: figure title; a default names the column.
-        ylabel: y axis label; a default names the column.
-        hlines: (y, label) reference lines, e.g. ``(1.0, "head")`` for flow relative to the head.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    if isinstance(runs, pl.DataFrame):
-        runs = {"run": runs}
-    label = column_label(column)
-    title = title if title is not None else f"Median {label} by depth"
-    profiles = []
-    for name, frame in runs.items():
-        mods = modules.get(name) if isinstance(modules, Mapping) else modules
-        mods = _module_order(frame, mods)
-        if frame.height == 0 or not mods or column not in frame.columns:
-            continue
-        xs, names, stats = _profile(frame, mods, column)
-        if xs:
-            profiles.append((str(name), xs, names, stats))
-    if not profiles:
-        return _empty_png(path, title, f"no finite positive {label} values")
-    ticks: dict[float, list[str]] = {}
-    for _, xs, names, _ in profiles:
-        for x, nm in zip(xs, names):
-            lst = ticks.setdefault(x, [])
-            if nm not in lst:
-                lst.append(nm)
-    n_ticks = len(ticks)
-    width = float(np.clip(4 + 0.32 * n_ticks, 8, 16))
-    fig = _new_figure(width, 5.2)
-    ax = fig.add_subplot()
-    colours = matplotlib.colormaps["tab10"] if len(profiles) <= 10 else matplotlib.colormaps["turbo"]
-    for k, (name, xs, _, stats) in enumerate(profiles):
-        c = colours(k) if len(profiles) <= 10 else colours(k / max(1, len(profiles) - 1))
-        ax.plot(xs, stats[:, 0], color=c, lw=1.6, marker="o", ms=3.5, label=name)
-        ax.fill_between(xs, stats[:, 1], stats[:, 2], color=c, alpha=0.15, lw=0)
-    ax.set_yscale("log")
-    xs_sorted = sorted(ticks)
-    if n_ticks > 40:
-        stride = math.ceil(n_ticks / 40)
-        xs_sorted = xs_sorted[::stride]
-    ax.set_xticks(xs_sorted)
-    ax.set_xticklabels(["/".join(ticks[x]) if len(ticks[x]) <= 2 else ticks[x][0] + "/…" for x in xs_sorted],
-                       rotation=60, ha="right", fontsize=7, fontfamily="monospace")
-    ax.set_xlabel("depth: input (left) → head (right)")
-    ax.set_ylabel(ylabel or f"median {label} over logged steps (log scale)")
-    for y, text in hlines:
-        ax.axhline(y, color="0.3", lw=0.9, ls=(0, (4, 3)))
-        ax.annotate(text, (0.0, y), xycoords=("axes fraction", "data"), xytext=(3, 3), textcoords="offset points",
-                    fontsize=7, color="0.3")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8, title="25–75 % band shaded", title_fontsize=7)
-    return _save(fig, path)
-
-
-def _layer_ticks(ax, layers: Sequence[str], flagged: set[str]) -> None:
-    ax.set_xticks(range(len(layers)))
-    ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7, fontfamily="monospace")
-    for tick, name in zip(ax.get_xticklabels(), layers):
-        if name in flagged:
-            tick.set_color(_NONFINITE_RGBA)
-            tick.set_fontweight("bold")
-    ax.set_xlim(-0.6, len(layers) - 0.4)
-
-
-def flow_profile_png(
-    frame: pl.DataFrame,
-    layers: Sequence[str],
-    path: str | Path,
-    title: str | None = None,
-    threshold: float | None = None,
-    flagged: Iterable[str] = (),
-) -> Path:
-    """The flow profile of one run: per top-level layer, the median over logged steps of the flow relative to the
-    head (``flow_attenuation`` = ‖dL/d out‖ of the layer / that of the head's output), with its min–max range shaded,
-    log y axis; input on the left, head on the right (1 by definition).
-
-    Args:
-        frame: the per-layer long frame (:func:`yolo_gradmon.record.tables.layer_frame`: ``step``, ``layer``,
-            ``flow_attenuation``).
-        layers: every top-level layer in depth order (the header's ``layers``).
-        path: the PNG file to write.
-        title: figure title.
-        threshold: the vanishing rule's ``vanish_flow_attenuation``, drawn as a dashed line.
-        flagged: layers whose tick labels are drawn in red.
-    """
-    title = title or "Flow relative to the head, by layer"
-    sub = (frame.filter(pl.col("flow_attenuation").is_not_null() & (pl.col("flow_attenuation") > 0))
-           if frame.height and "flow_attenuation" in frame.columns else frame.clear())
-    if sub.height == 0:
-        return _empty_png(path, title, "no gradient flow measured (flow option off, or no logged step yet)")
-    agg = {r["layer"]: r for r in sub.group_by("layer").agg(
-        pl.col("flow_attenuation").median().alias("med"), pl.col("flow_attenuation").min().alias("lo"),
-        pl.col("flow_attenuation").max().alias("hi"), pl.col("step").n_unique().alias("n")).to_dicts()}
-    layers = list(layers)
-    xs = [i for i, name in enumerate(layers) if name in agg]
-    med = np.array([agg[layers[i]]["med"] for i in xs])
-    lo = np.array([agg[layers[i]]["lo"] for i in xs])
-    hi = np.array([agg[layers[i]]["hi"] for i in xs])
-    fig = _new_figure(float(np.clip(4 + 0.32 * len(layers), 8, 16)), 4.8)
-    ax = fig.add_subplot()
-    ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.18, lw=0, label="min–max over logged steps")
-    ax.plot(xs, med, color="tab:blue", lw=1.6, marker="o", ms=3.5, label="median over logged steps")
-    ax.axhline(1.0, color="0.3", lw=0.9, ls=(0, (4, 3)))
-    ax.annotate("head = 1", (0.0, 1.0), xycoords=("axes fraction", "data"), xytext=(3, 3), textcoords="offset points",
-                fontsize=7, color="0.3")
-    if threshold:
-        ax.axhline(threshold, color=_NONFINITE_RGBA, lw=0.9, ls=(0, (4, 3)))
-        ax.annotate(f"vanishing below {threshold:g}", (0.0, threshold), xycoords=("axes fraction", "data"),
-                    xytext=(3, 3), textcoords="offset points", fontsize=7, color=_NONFINITE_RGBA)
-    ax.set_yscale("log")
-    _layer_ticks(ax, layers, set(flagged))
-    ax.set_xlabel("top-level layer: input (left) → head (right); no point: no flow measured there")
-    ax.set_ylabel("‖dL/d out‖ / ‖dL/d out_head‖ (log scale)")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
-
-
-def health_png(frame: pl.DataFrame, layers: Sequence[str], path: str | Path, title: str | None = None,
-               flagged: Iterable[str] = ()) -> Path | None:
-    """Activation health per top-level layer: the fraction of saturated units (two-tailed Sigmoid/Tanh-like
-    activations) and of dead channels (no gradient over a whole batch, ReLU-like), median over logged steps as bars and the maximum as a tick. ``None`` when the log has no
-    activation-health values (option off, or no measurable activation)."""
-    title = title or "Activation health by layer: saturated and dead units"
-    cols = [c for c in ("act_saturated", "act_dead") if c in frame.columns]
-    if not frame.height or not cols:
-        return None
-    sub = frame.filter(pl.any_horizontal(pl.col(c).is_not_null() for c in cols))
-    if sub.height == 0:
-        return None
-    agg = {r["layer"]: r for r in sub.group_by("layer").agg(
-        *[pl.col(c).median().alias(f"{c}_med") for c in cols], *[pl.col(c).max().alias(f"{c}_max") for c in cols]
-    ).to_dicts()}
-    layers = list(layers)
-    fig = _new_figure(float(np.clip(4 + 0.32 * len(layers), 8, 16)), 4.2)
-    ax = fig.add_subplot()
-    style = {"act_saturated": ("tab:orange", "saturated units (Sigmoid/Tanh-like: |f'(x)| < eps)"),
-             "act_dead": ("tab:purple", "dead channels (|f'(x)| < eps over a whole batch)")}
-    width = 0.8 / len(cols)
-    top = 0.0
-    for k, c in enumerate(cols):
-        xs = [i for i, name in enumerate(layers) if name in agg and agg[name][f"{c}_med"] is not None]
-        if not xs:
-            continue
-        off = (k - (len(cols) - 1) / 2) * width
-        colour, text = style[c]
-        ax.bar([x + off for x in xs], [agg[layers[x]][f"{c}_med"] for x in xs], width=width, color=colour, alpha=0.8,
-               label=f"{text}: median")
-        highs = [agg[layers[x]][f"{c}_max"] or 0.0 for x in xs]
-        top = max(top, *highs)
-        ax.plot([x + off for x in xs], highs, ls="none", marker="_", ms=9, mew=1.6, color=colour,
-                label=f"{text.split(' (')[0]}: max over logged steps")
-    ax.set_ylim(0, min(1.02, max(0.05, top * 1.25)))
-    if top == 0:
-        ax.text(0.5, 0.5, "no saturated unit and no dead channel in any measured layer (all 0 %)",
-                transform=ax.transAxes, ha="center", va="center", fontsize=10,
-                bbox={"facecolor": "white", "edgecolor": "0.6"})
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0%}"))
-    _layer_ticks(ax, layers, set(flagged))
-    ax.set_xlabel("top-level layer: input (left) → head (right); no bar: nothing measured there")
-    ax.set_ylabel("fraction of the layer's units")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=7, loc="upper right", ncols=len(cols))
-    return _save(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------- a run's PNGs
-def render_pngs(out_dir: str | Path, header: dict, records: list[dict]) -> list[Path]:
-    """Write ``heatmap.png`` and ``curves.png`` of ``grad_norm`` into ``out_dir`` from in-memory log records.
-
-    Used by the monitor at train end; ``header`` is the log's header line (its ``modules`` give depth order)
-    and ``records`` the ``step`` lines. Returns the two paths.
-    """
-    out_dir = Path(out_dir)
-    modules = list(header["modules"])
-    frame = module_frame(records, modules)
-    what = run_label(header)
-    return [
-        heatmap_png(frame, modules, out_dir / HEATMAP_NAME, title=f"Parameter-gradient norm ‖grad‖ per module — {what}"),
-        curves_png(frame, modules, out_dir / CURVES_NAME, title=_curves_title(modules, what)),
-    ]
+    return save_figure(fig, path)
 
 
 def run_label(info: Mapping) -> str:

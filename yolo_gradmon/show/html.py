@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+REPORT_NAME = "report.html"  # the run report, beside the run's log
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;

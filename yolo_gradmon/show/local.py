@@ -7,7 +7,7 @@ from ultralytics.utils import LOGGER
 
 from ..config import PREFIX
 from ..record.logfile import LOG_NAME, LogWriter
-from ..record.tables import write_outputs
+from ..record.outputs import TrainEnd
 from .sink import History, RunInfo, Sink
 
 
@@ -33,19 +33,19 @@ class LocalSink(Sink):
     def epoch_end(self, epoch: int, step: int, history: History) -> None:
         self._write({"type": "epoch_end", "epoch": epoch, "step": step})
 
-    def finish(self, summary: dict, history: History) -> None:
-        self._write({"type": "end", "steps_logged": summary.get("steps_logged")})
+    def finish(self, end: TrainEnd) -> None:
+        self._write({"type": "end", "steps_logged": end.summary.get("steps_logged")})
         self.writer.close()
         out = self.run.out_dir
         try:
-            summary.update(write_outputs(out, self.run.header, history.records, history.flags, complete=True))
+            end.write_tables()
         except Exception as e:  # noqa: BLE001 - the log is complete; a derived file failing is reported, not raised
             LOGGER.error(f"{PREFIX}could not write Parquet/summary.json in {out}: {e}")
             return
         try:
             from .report import write_report  # matplotlib only at train end
 
-            write_report(out, summary, self.run.header, history.records, self.writer.path)  # PNGs + report.html
+            write_report(end)  # PNGs + report.html
         except Exception as e:  # noqa: BLE001
             LOGGER.error(f"{PREFIX}could not write the PNGs/report.html in {out} ({type(e).__name__}: {e}); "
                          f"rebuild them with: yolo-gradmon report {out}")

@@ -1,5 +1,6 @@
 """The run report: a self-contained ``report.html`` next to a run's PNGs, written at train end by the local sink
-(:func:`write_report`) and rebuilt from the gradient log alone by ``yolo-gradmon report <dir>`` (:func:`render_report`).
+(:func:`write_report`, from the results built once) and rebuilt from the gradient log alone by
+``yolo-gradmon report <dir>`` (:func:`render_report`).
 
 The page opens with the verdict, then the flags with their evidence and likely cause, then the charts that decide a
 vanishing flag (the flow relative to the head by layer, the activation health by layer) and the parameter-gradient
@@ -15,13 +16,11 @@ from typing import Mapping
 import polars as pl
 
 from ..config import GradmonConfig
-from ..record.logfile import locate_log, read_log
-from ..record.tables import layer_frame, module_frame, rebuild, step_frame
-from .figures import (CURVES_NAME, HEATMAP_NAME, _curves_title, curves_png, flow_profile_png, health_png, heatmap_png,
-                      run_label)
-from .html import esc, figure, num, page, table
+from ..record.outputs import TrainEnd
+from .depth_figures import flow_profile_png, health_png
+from .figures import CURVES_NAME, HEATMAP_NAME, curves_png, curves_title, heatmap_png, run_label
+from .html import REPORT_NAME, esc, figure, num, page, table
 
-HTML_NAME = "report.html"
 FLOW_NAME = "flow_by_layer.png"
 HEALTH_NAME = "activation_health.png"
 
@@ -29,50 +28,41 @@ HEALTH_NAME = "activation_health.png"
 def render_report(path: str | Path) -> Path:
     """Rebuild a run's outputs from its gradient log and write ``report.html`` with embedded figures.
 
-    ``path`` is the run's ``save_dir``, its ``gradmon/`` dir, or ``gradients.jsonl``. Calls
-    :func:`yolo_gradmon.record.tables.rebuild` (Parquet + ``summary.json`` from the log alone, so a run killed
-    before train end works, a torn last line included), then :func:`write_report`.
+    ``path`` is the run's ``save_dir``, its ``gradmon/`` dir, or ``gradients.jsonl``. The log is read once
+    (:meth:`~yolo_gradmon.record.outputs.TrainEnd.from_log`: a run killed before train end works, a torn last line
+    included); Parquet and ``summary.json`` are rewritten, then :func:`write_report` draws the page.
 
     Returns:
         The path of ``report.html``.
     """
-    log_path = locate_log(path)
-    summary = rebuild(log_path)
-    log = read_log(log_path)
-    return write_report(log_path.parent, summary, log.header, log.steps, log_path)
+    end = TrainEnd.from_log(path)
+    end.write_tables()
+    return write_report(end)
 
 
-def write_report(out_dir: str | Path, summary: dict, header: dict, records: list[dict],
-                 log_path: Path | None = None) -> Path:
-    """Draw the run's PNGs into ``out_dir`` (``heatmap.png``, ``curves.png``, ``flow_by_layer.png`` and, where
+def write_report(end: TrainEnd) -> Path:
+    """Draw the run's PNGs beside its log (``heatmap.png``, ``curves.png``, ``flow_by_layer.png`` and, where
     activation health was measured, ``activation_health.png``) and write the self-contained ``report.html`` there
-    (images as base64 data URIs, no external CSS/JS). ``summary`` is the run's ``summary.json`` content, ``header``
-    and ``records`` the log's header and ``step`` lines. Returns the path of ``report.html``; the PNG paths are
-    added to ``summary["media"]``."""
-    out_dir = Path(out_dir)
-    log_path = Path(log_path) if log_path is not None else out_dir / "gradients.jsonl"
-    modules = list(summary.get("modules") or header.get("modules") or [])
+    (images as base64 data URIs, no external CSS/JS). Returns the path of ``report.html``."""
+    out_dir, summary = end.out_dir, end.summary
+    modules = list(summary.get("modules") or [])
     layers = list(summary.get("layers") or [])
-    frame = module_frame(records, modules)
-    steps = step_frame(records)
     what = run_label(summary)
     flagged = summary.get("flagged_modules") or []
     images: dict[str, Path] = {}
-    if layers:
-        lframe = layer_frame(records, layers)
+    if layers and end.layers is not None:
         threshold = (summary.get("config") or {}).get("vanish_flow_attenuation", GradmonConfig.vanish_flow_attenuation)
-        images["flow"] = flow_profile_png(lframe, layers, out_dir / FLOW_NAME, threshold=threshold, flagged=flagged,
-                                          title=f"Flow relative to the head, by layer — {what}")
-        health = health_png(lframe, layers, out_dir / HEALTH_NAME, flagged=flagged,
+        images["flow"] = flow_profile_png(end.layers, layers, out_dir / FLOW_NAME, threshold=threshold,
+                                          flagged=flagged, title=f"Flow relative to the head, by layer — {what}")
+        health = health_png(end.layers, layers, out_dir / HEALTH_NAME, flagged=flagged,
                             title=f"Activation health by layer: saturated units and dead channels — {what}")
         if health is not None:
             images["health"] = health
-    images["heatmap"] = heatmap_png(frame, modules, out_dir / HEATMAP_NAME, flagged=flagged,
+    images["heatmap"] = heatmap_png(end.modules, modules, out_dir / HEATMAP_NAME, flagged=flagged,
                                     title=f"Parameter-gradient norm ‖grad‖ per module and logged step — {what}")
-    images["curves"] = curves_png(frame, modules, out_dir / CURVES_NAME, title=_curves_title(modules, what))
-    out = out_dir / HTML_NAME
-    out.write_text(_html_page(summary, steps, log_path, images), encoding="utf-8")
-    summary.setdefault("media", {}).update({k: str(v) for k, v in images.items()} | {"report": str(out)})
+    images["curves"] = curves_png(end.modules, modules, out_dir / CURVES_NAME, title=curves_title(modules, what))
+    out = out_dir / REPORT_NAME
+    out.write_text(_html_page(summary, end.steps, end.log_path, images), encoding="utf-8")
     return out
 
 

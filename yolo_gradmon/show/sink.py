@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ultralytics.utils import LOGGER
 
 from ..config import PREFIX, GradmonConfig
 from ..judge.rules import Flag
+from ..record.outputs import TrainEnd
 
 
 @dataclasses.dataclass
@@ -62,28 +63,31 @@ class History:
 
 
 class Sink:
-    """Receives the monitor's events. Every method is optional."""
+    """Receives the monitor's events. Every method is optional.
+
+    ``start`` once, then per logged optimizer step ``on_flag`` for each new flag and ``log_step``, ``epoch_end`` at
+    each epoch's end, and ``finish`` once at train end with the results built once for every sink.
+    """
 
     name = "sink"
 
     def start(self, run: RunInfo) -> None: ...
 
     def log_step(self, record: dict, n_flagged: int) -> None:
-        """One logged optimizer step (a ``step`` log record) and the number of modules with an active flag."""
+        """One logged optimizer step (a plain ``step`` log record) and the number of modules with an active flag."""
 
     def on_flag(self, flag: Flag) -> None: ...
 
     def epoch_end(self, epoch: int, step: int, history: History) -> None: ...
 
-    def finish(self, summary: dict, history: History) -> None:
-        """Train end. ``summary`` is the ``summary.json`` content; a sink may add to it (the local sink adds the paths
-        of the files it wrote under ``media``), and later sinks see that."""
+    def finish(self, end: TrainEnd) -> None:
+        """Train end: the tables and ``summary.json`` content, built once and read-only for sinks."""
 
     def close_after_error(self) -> None:
         """Release resources after the guard disabled this sink."""
 
 
-class GuardedSink:
+class GuardedSink(Sink):
     """Wraps a sink: the first exception disables it with one clear message; training goes on."""
 
     def __init__(self, sink: Sink, error: bool = False):
@@ -95,16 +99,31 @@ class GuardedSink:
     def name(self) -> str:
         return self.sink.name
 
-    def call(self, method: str, *args: Any) -> None:
+    def start(self, run: RunInfo) -> None:
+        self._call(self.sink.start, run)
+
+    def log_step(self, record: dict, n_flagged: int) -> None:
+        self._call(self.sink.log_step, record, n_flagged)
+
+    def on_flag(self, flag: Flag) -> None:
+        self._call(self.sink.on_flag, flag)
+
+    def epoch_end(self, epoch: int, step: int, history: History) -> None:
+        self._call(self.sink.epoch_end, epoch, step, history)
+
+    def finish(self, end: TrainEnd) -> None:
+        self._call(self.sink.finish, end)
+
+    def _call(self, method: Callable[..., None], *args: Any) -> None:
         if not self.enabled:
             return
         try:
-            getattr(self.sink, method)(*args)
+            method(*args)
         except Exception as e:  # noqa: BLE001 - a sink must never break training
             self.enabled = False
             msg = (
-                f"{PREFIX}{self.sink.name} sink disabled after {type(e).__name__} in {method}(): {str(e).rstrip('. ')}. "
-                "Training continues; other sinks are unaffected."
+                f"{PREFIX}{self.sink.name} sink disabled after {type(e).__name__} in {method.__name__}(): "
+                f"{str(e).rstrip('. ')}. Training continues; other sinks are unaffected."
             )
             (LOGGER.error if self._error else LOGGER.warning)(msg)
             try:

@@ -7,8 +7,9 @@ which layers reach the head only through one layer, and the "cut" ratio between 
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
+
+from ..fields import finite_or_none
 
 
 def consumers(sources: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -58,16 +59,9 @@ def cut_ratio(values: Sequence[float | None], cons: Sequence[Sequence[int]], k: 
     """Layer ``k``'s output-gradient value over the largest at the outputs of its non-head consumers: how much of the
     gradient survives the step back across ``k``'s consumers. None where it is undefined (no consumer value, a
     missing value, or all consumers at zero)."""
-    fk = _finite(values[k])
-    down = [_finite(values[c]) for c in inner_consumers(cons, k, head)]
+    fk = finite_or_none(values[k])
+    down = [finite_or_none(values[c]) for c in inner_consumers(cons, k, head)]
     down = [d for d in down if d is not None]
     if fk is None or not down or max(down) <= 0:
         return None
     return fk / max(down)
-
-
-def _finite(v) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None

@@ -10,7 +10,7 @@ from ultralytics.utils import LOGGER
 from ..config import PREFIX, GradmonConfig
 from ..structure.layout import layer_names, layer_sources, top_layers
 from .flow import FlowHooks
-from .health import ELEMENTWISE, ActivationHealth
+from .health import ELEMENTWISE_TYPES, ActivationHealth
 
 
 class DepthSignals:
@@ -39,7 +39,7 @@ class DepthSignals:
             self.acts = self.health.layer_acts
         else:
             layers = top_layers(model)
-            self.acts = [sorted({type(m).__name__ for m in layer.modules() if isinstance(m, ELEMENTWISE)})
+            self.acts = [sorted({type(m).__name__ for m in layer.modules() if isinstance(m, ELEMENTWISE_TYPES)})
                          for layer in (layers if layers is not None else [])]
 
     @property
