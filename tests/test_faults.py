@@ -75,8 +75,8 @@ class RecordingSink(Sink):
     def log_step(self, record, n_flagged):
         self.steps.append(record["step"])
 
-    def finish(self, summary, history):
-        self.finished = summary
+    def finish(self, end):
+        self.finished = end.summary
 
 
 def _layer_key(net, name: str) -> str:
