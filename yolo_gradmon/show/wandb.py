@@ -214,13 +214,28 @@ class WandbSink(Sink):
     # ------------------------------------------------------------------ trainer callbacks
     def _add_ultralytics_metrics(self, callbacks: dict | None) -> None:
         """Ultralytics' losses, learning rates and metrics in this run when its own W&B callback is off: its epoch
-        callbacks, registered here (with it on, it logs them itself: nothing is logged twice)."""
+        callbacks, registered here (with it on, it logs them itself: nothing is logged twice). They run only while
+        this sink's run is the active one, never raise into training, and mark the row they leave uncommitted."""
         if callbacks is None or ultralytics_wandb_on(callbacks):
             return
         for prefix in ULTRALYTICS_EPOCH_PREFIXES:
             self.run.define_metric(f"{prefix}/*", step_metric="epoch")
+        sink = self
+
+        def guarded(fn, row_open: bool):
+            def gradmon_ultralytics_metrics(trainer):
+                if sink._finished or sink.run is None or sink.wb.run is not sink.run:
+                    return  # the sink was disabled (its run finished), or another run took over
+                try:
+                    fn(trainer)
+                    sink._row_open = row_open  # on_train_epoch_end leaves its row open; on_fit_epoch_end commits it
+                except Exception as e:  # noqa: BLE001 - a metric row failing never stops training
+                    sink._row_open = False
+                    LOGGER.warning(f"{PREFIX}could not log Ultralytics' epoch metrics to W&B ({type(e).__name__}: {e})")
+            return gradmon_ultralytics_metrics
+
         for event, fn in ultralytics_epoch_callbacks(self.wb).items():
-            callbacks.setdefault(event, []).append(fn)
+            callbacks.setdefault(event, []).append(guarded(fn, row_open=event == "on_train_epoch_end"))
 
     def failure_line(self, error: Exception) -> str:
         """What to print when this sink is disabled: why, and how to turn W&B on."""

@@ -113,8 +113,8 @@ class LayerScalars:
 
 # ---------------------------------------------------------------------------------------------- charts and tables
 def family_state(records: Sequence[dict], family: str) -> tuple[str, float | None]:
-    """``("varied", None)``; ``("constant", value)`` (every value of the run is that one); ``("sparse", None)`` (values
-    at fewer than 2 logged steps, e.g. ``update_to_weight`` sampled every ``update_every`` steps in a short run: a
+    """``("varied", None)``; ``("constant", value)`` (every value of the run is that one); ``("sparse", None)`` (varied,
+    but at fewer than 2 logged steps, e.g. ``update_to_weight`` sampled every ``update_every`` steps in a short run: a
     chart of it would be single dots); or ``("unmeasured", None)`` (no value at all, e.g. act_saturated without
     Sigmoid/Tanh-like units)."""
     module = is_module_family(family)
@@ -129,9 +129,9 @@ def family_state(records: Sequence[dict], family: str) -> tuple[str, float | Non
         varied = varied or any(v != first for v in here)
     if first is None:
         return "unmeasured", None
-    if steps < 2:
-        return "sparse", None
-    return ("varied", None) if varied else ("constant", first)
+    if not varied:
+        return "constant", first
+    return ("sparse", None) if steps < 2 else ("varied", None)
 
 
 def series(records: Sequence[dict], family: str, n: int) -> tuple[list[list], list[list]]:
