@@ -180,3 +180,34 @@ def test_sweep_config_and_agent_entry_point(tmp_path):
     row = sweep_train(config, start_run=False)
     assert row["status"] == "done" and row["activation"] == "tanh"
     assert (tmp_path / "runs" / "sw" / "act-tanh" / "gradmon" / "gradients.parquet").is_file()
+
+
+def test_wandb_one_group_one_run_per_variant(tmp_path, monkeypatch):
+    """With W&B on, a grid is one W&B group (named by the grid) holding one run per variant, named by the variant,
+    with its axis values at the top of its config, in the project the grid's ``project`` names (as Ultralytics names
+    a training's project), plus the group's comparison run; read back with W&B's own reader."""
+    path = grid_file(tmp_path, activations=("silu", "relu"), epochs=1)
+    data = yaml.safe_load(path.read_text())
+    data["gradmon"]["wandb"] = True
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
+    monkeypatch.chdir(tmp_path)
+    out = run_grid(load_grid(path, {"project": "runs/abl", "name": "quick"}))
+    runs = {}
+    for log in sorted(out.rglob("run-*.wandb")):
+        proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log.parent)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        (run,) = [r["run"] for r in records if r["type"] == "run"]
+        runs[run["display_name"]] = run
+    assert not list((tmp_path / "wandb-default").rglob("run-*.wandb"))  # every run beside its variant's training
+    assert sorted(runs) == ["act-relu", "act-silu", "quick-summary"], sorted(runs)
+    for name, run in runs.items():
+        assert run["run_group"] == "quick" and run["project"] == "runs-abl", run
+    for name, act in (("act-silu", "silu"), ("act-relu", "relu")):
+        config = runs[name]["config"]["update"]
+        assert config["activation"] == act and runs[name]["job_type"] == "ablation"
+        assert config["gradmon"]["wandb"] is True and config["epochs"] == 1  # the variant's trainer args and options

@@ -245,7 +245,39 @@ def test_alone_step_metric_defined(alone):
     metrics = of_type(alone.records, "metric")
     assert {"name": STEP_KEY, "options": {"defined": True}} in metrics
     globs = {m.get("glob_name"): m.get("step_metric") for m in metrics if m.get("glob_name")}
-    assert globs == {"gradients/*": STEP_KEY, "gradmon/*": STEP_KEY}
+    assert globs == {"gradients/*": STEP_KEY, "gradmon/*": STEP_KEY,
+                     **{f"{p}/*": "epoch" for p in ("train", "lr", "metrics", "val")}}  # Ultralytics' own axis
+
+
+@requires_coco8
+def test_alone_carries_ultralytics_epoch_metrics_once(alone):
+    """Ultralytics' W&B integration is off (its default, and under pytest): the monitor's run still carries the
+    losses, learning rates and metrics Ultralytics logs, with its keys on its epoch axis, one row per epoch."""
+    hist = history(alone.records)
+    epoch_rows = [h for h in hist if any(k.startswith("train/") for k in h)]
+    assert [h["epoch"] for h in epoch_rows] == [1, 2]
+    for h in epoch_rows:
+        assert all(k in h for k in UL_KEYS), sorted(h)
+        assert not any(k.startswith(("gradients/", "gradmon/")) for k in h)  # their rows stay whole
+    metric_rows = [h for h in hist if "metrics/mAP50-95(B)" in h]
+    assert [h["epoch"] for h in metric_rows] == [1, 2, 3]  # + Ultralytics' final validation of best.pt
+    assert "metrics/mAP50-95(B)" in alone.summary["summary"] and "train/box_loss" in alone.summary["summary"]
+
+
+@requires_coco8
+def test_alone_summary_keys_name_one_quantity_each(alone):
+    """No two summary keys of one quantity disagree: a run-level statistic is named by its statistic, and equals the
+    summary.json value of that name."""
+    s, local = alone.summary["summary"], alone.mon.summary
+    assert not [k for k in s if k.startswith("gradmon/") and k.rsplit("/", 1)[-1] in
+                {"weakest_module", "worst_attenuation", "weakest_layer", "early_flow_rel_head"}]  # the old, ambiguous names
+    depth = local["depth"]
+    assert s["gradmon/early_flow_rel_head_median"] == pytest.approx(depth["early_flow"], rel=1e-9)
+    assert s["gradmon/lowest_grad_to_weight_module"] == local["lowest_grad_to_weight"]["module"]
+    assert s["gradmon/grad_norm_range_decades"] == pytest.approx(local["grad_norm_range_decades"], rel=1e-9)
+    # the history key's own summary is its last value, named by the history key alone
+    last = [h for h in history(alone.records) if "gradients/depth/early_flow_rel_head" in h][-1]
+    assert s["gradients/depth/early_flow_rel_head"] == pytest.approx(last["gradients/depth/early_flow_rel_head"])
 
 
 @requires_coco8
@@ -266,7 +298,8 @@ def test_alone_default_keys_few_run_level_and_depth_curves_equal_local_log(alone
     assert sorted(s for s, r in rows.items() if "gradients/depth/early_flow_rel_head" in r) == [1, 3]
     assert sorted(s for s, r in rows.items() if "gradients/depth/early_grad_to_weight" in r) == [1, 2, 3, 4]
     # one history row per logged step, one per epoch end (the depth profile), the train-end media row
-    assert len(hist) == len(log.steps) + 2 + 1
+    ours = [h for h in hist if any(k.startswith(("gradients/", "gradmon/")) for k in h)]
+    assert len(ours) == len(log.steps) + 2 + 1
 
 
 @requires_coco8
@@ -470,8 +503,9 @@ def test_ultralytics_run_reused_and_epoch_rows_whole(with_ultralytics, order):
         assert len(monitor_keys(hist)) <= MAX_MONITOR_KEYS, sorted(monitor_keys(hist))
     media = [h for h in hist if "gradmon/heatmap._type" in h]
     assert [h[STEP_KEY] for h in media] == [2, 4]  # wandb_media_every=1: after epoch 1, and at train end
-    for key in ("gradmon/layers/grad_norm_table", "gradmon/layers/flow_attenuation_table"):
-        assert [h[STEP_KEY] for h in hist if f"{key}.path" in h] == [2, 4]
+    assert [h[STEP_KEY] for h in hist if "gradmon/layers/grad_norm_table.path" in h] == [2, 4]
+    # the flow is sampled on every 2nd logged step: one sample after epoch 1 is no chart (single dots), two are
+    assert [h[STEP_KEY] for h in hist if "gradmon/layers/flow_attenuation_table.path" in h] == [4]
     assert [h[STEP_KEY] for h in hist if "gradmon/depth_profile_table.path" in h] == [2, 4]  # every epoch
 
     steps_before_epoch1 = [h[STEP_KEY] for h in hist[: hist.index(epoch_rows[0])] if "gradients/total_norm" in h]
@@ -544,18 +578,25 @@ def test_wandb_fault_training_completes_local_log_whole(fault, tmp_path, monkeyp
     assert log.ended and [r["step"] for r in log.steps] == [1, 2, 3, 4]
     assert mon.summary["steps_logged"] == 4 and (mon.out_dir / "summary.json").is_file()
     warnings = gradmon_warnings(records)
-    assert len(warnings) == 1, warnings
     assert not gradmon_errors(records)
     dirs = run_dirs(save_dir, tmp_path / "wandb-default")
     if fault == "import-fails":
+        assert len(warnings) == 1, warnings
         assert "wandb cannot be imported" in warnings[0] and "wandb=False" in warnings[0]
         assert not dirs
-    elif fault == "init-raises":
-        assert "wandb sink disabled after RuntimeError in start()" in warnings[0] and "injected" in warnings[0]
+        return
+    # said when it happens and again as the run's last line: why, and the two ways to turn W&B on
+    assert len(warnings) == 2 and warnings[1] in warnings[0], warnings
+    assert "W&B logging is off for this run" in warnings[0] and "`wandb login`" in warnings[0]
+    assert "WANDB_MODE=offline" in warnings[0] and "wandb sync" in warnings[0] and str(mon.out_dir) in warnings[0]
+    assert "start()" not in warnings[0] and "log_step()" not in warnings[0]  # no internal method names
+    if fault == "init-raises":
+        assert "RuntimeError" in warnings[0] and "injected" in warnings[0]
         assert not dirs
     else:
-        assert "wandb sink disabled after ConnectionError in log_step()" in warnings[0]
-        assert calls == [1, 2, 2, 3]  # steps 1, 2, epoch 1's depth profile, step 3; nothing after the failure
+        assert "ConnectionError" in warnings[0]
+        # steps 1, 2, epoch 1's depth profile, step 3; nothing after the failure (None: Ultralytics' epoch rows)
+        assert [c for c in calls if c is not None] == [1, 2, 2, 3]
         (run_dir,) = dirs
         recs = leet(run_dir)
         assert sorted(gradient_rows(history(recs))) == [1, 2]  # what was logged before the failure stays
@@ -617,7 +658,8 @@ def test_started_run_gets_step_metric_and_flat_rows_nan_for_nonfinite(tmp_path):
     sink.start(fake_ctx(tmp_path))
     run = sink.run
     assert sink.owns_run
-    assert run.metrics == [(STEP_KEY, {}), ("gradients/*", {"step_metric": STEP_KEY}), ("gradmon/*", {"step_metric": STEP_KEY})]
+    assert run.metrics == [(STEP_KEY, {}), ("gradients/*", {"step_metric": STEP_KEY}), ("gradmon/*", {"step_metric": STEP_KEY}),
+                           *((f"{p}/*", {"step_metric": "epoch"}) for p in ("train", "lr", "metrics", "val"))]
     sink.log_step(record(1, [float("nan"), 2.0, float("inf")], has_grad=[True, False, True]), 2)
     (row,) = run.logged
     assert row[STEP_KEY] == 1 and row["gradients/flagged_modules"] == 2 and row["gradients/lr"] == 0.01
@@ -806,3 +848,21 @@ def test_requested_constant_family_held_then_backfilled_at_its_steps(tmp_path):
     assert row[STEP_KEY] == 11 and row["gradients/act_dead/01.Conv"] == 0.25
     sink.log_step(layer_record(12, 1, 3, 3, rng), 0)
     assert "gradients/act_dead/00.Conv" not in sink.run.logged[-1]  # not sampled at step 12: no key
+
+
+def test_sampled_family_with_one_sample_is_not_charted_and_said(tmp_path):
+    """A family sampled at fewer than 2 logged steps (update_to_weight, update_every=10, 8 steps) would be a chart of
+    single dots: it is not drawn, and the summary names it; with 2 samples it is a chart of lines."""
+    from yolo_gradmon.show import wandb_rows
+
+    header = {"modules": ["00.Conv", "01.Conv", "02.C3k2"], "granularity": "layer", "layers": []}
+    recs = [record(s, [1.0 * s, 2.0, 3.0]) for s in range(1, 9)]
+    for r in recs:
+        r["update_to_weight"] = [0.01 * r["step"], 0.02, 0.03] if r["step"] == 1 else [None, None, None]
+    assert wandb_rows.family_state(recs, "update_to_weight") == ("sparse", None)
+    charts = wandb_rows.line_charts(recs, header)
+    assert "gradmon/layers/update_to_weight" not in charts and "gradmon/layers/grad_norm" in charts
+    assert wandb_rows.summary_fields({"flags": []}, 0, recs)["gradmon/sparse_families"] == "update_to_weight"
+    recs[5]["update_to_weight"] = [0.05, 0.02, 0.03]  # a second sample: now a line per layer between the samples
+    chart = wandb_rows.line_charts(recs, header)["gradmon/layers/update_to_weight"]
+    assert chart["xs"] == [[1, 6], [1, 6], [1, 6]]

@@ -107,7 +107,7 @@ def _start_wandb_run(cfg: GradmonConfig, grid: Grid, variant: Variant, report: d
         config = {**variant.trainer_args, **variant.values, "ablation": variant.values, "swap_report": report,
                   "gradmon": cfg.to_dict()}
         return open_run(wb, project=grid.project, name=variant.name, group=grid.name, job_type="ablation",
-                        config=config)
+                        config=config, save_dir=ablation_dir(grid) / variant.name)
     except Exception as e:  # noqa: BLE001 - W&B never blocks an ablation
         LOGGER.warning(f"{PREFIX}ablation: no W&B run for {variant.name} ({type(e).__name__}: {e})")
         return None
@@ -204,7 +204,7 @@ def _log_wandb_summary(grid: Grid, rows: list[dict], group: str) -> None:
     try:
         df = comparison_frame(rows, grid)
         run = open_run(wb, project=grid.project, name=f"{group}-summary", group=group, job_type="ablation-summary",
-                       config={"grid": grid.to_dict()})
+                       config={"grid": grid.to_dict()}, save_dir=ablation_dir(grid))
         run.log({"ablation/comparison": wb.Table(columns=df.columns, data=[list(r) for r in df.rows()])})
         run.summary["ablation/variants"] = df.height
         run.finish()

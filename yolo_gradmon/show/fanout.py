@@ -43,6 +43,9 @@ class Fanout(Sink):
     def finish(self, end: TrainEnd) -> None:
         for sink in self.sinks:
             sink.finish(end)
+        for sink in self.sinks:  # said again at the very end, where a user reads
+            if not sink.enabled and sink.failure:
+                LOGGER.warning(f"{PREFIX}{sink.failure}")
 
 
 def _wandb(cfg: GradmonConfig) -> list[Sink]:

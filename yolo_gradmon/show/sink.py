@@ -86,6 +86,10 @@ class Sink:
     def close_after_error(self) -> None:
         """Release resources after the guard disabled this sink."""
 
+    def failure_line(self, error: Exception) -> str | None:
+        """What to tell the user when ``error`` disabled this sink (None: the guard's generic line)."""
+        return None
+
 
 class GuardedSink(Sink):
     """Wraps a sink: the first exception disables it with one clear message; training goes on."""
@@ -93,6 +97,7 @@ class GuardedSink(Sink):
     def __init__(self, sink: Sink, error: bool = False):
         self.sink = sink
         self.enabled = True
+        self.failure: str | None = None  # the line said when the sink was disabled
         self._error = error
 
     @property
@@ -121,11 +126,14 @@ class GuardedSink(Sink):
             method(*args)
         except Exception as e:  # noqa: BLE001 - a sink must never break training
             self.enabled = False
-            msg = (
-                f"{PREFIX}{self.sink.name} sink disabled after {type(e).__name__} in {method.__name__}(): "
-                f"{str(e).rstrip('. ')}. Training continues; other sinks are unaffected."
-            )
-            (LOGGER.error if self._error else LOGGER.warning)(msg)
+            try:
+                line = self.sink.failure_line(e)
+            except Exception:  # noqa: BLE001
+                line = None
+            self.failure = line or (f"{self.sink.name} sink disabled after {type(e).__name__} in {method.__name__}(): "
+                                    f"{str(e).rstrip('. ')}.")
+            (LOGGER.error if self._error else LOGGER.warning)(
+                f"{PREFIX}{self.failure} Training continues; other sinks are unaffected.")
             try:
                 self.sink.close_after_error()
             except Exception:  # noqa: BLE001

@@ -31,13 +31,13 @@ from ..record.outputs import TrainEnd
 from ..record.tables import module_frame
 from . import wandb_rows as rows
 from .sink import History, RunInfo, Sink
-from .wandb_run import import_wandb, open_run, resumed_run_id
+from .wandb_run import (HOW_TO_ENABLE, ULTRALYTICS_EPOCH_PREFIXES, ULTRALYTICS_WB_MODULE, import_wandb, open_run,
+                        resumed_run_id, ultralytics_epoch_callbacks, ultralytics_wandb_on)
 
 STEP_KEY = rows.STEP_KEY
 ALERT_KINDS = {"nonfinite": "ERROR", "exploding": "WARN", "vanishing": "WARN"}
 MAX_ALERTS = 20  # per run; one more alert says that further flags are only in the table
 PROFILE_KEY = "gradmon/depth_profile"  # W&B stores its table as gradmon/depth_profile_table
-_UL_WB_MODULE = "ultralytics.utils.callbacks.wb"  # Ultralytics' own W&B integration callbacks
 
 
 def make_wandb_sink(cfg: GradmonConfig) -> "WandbSink | None":
@@ -90,6 +90,7 @@ class WandbSink(Sink):
         run.define_metric(STEP_KEY)
         run.define_metric("gradients/*", step_metric=STEP_KEY)
         run.define_metric("gradmon/*", step_metric=STEP_KEY)
+        self._add_ultralytics_metrics(info.callbacks)
         families = [f for f in info.cfg.layer_scalar_families() if f != "update_to_weight" or info.cfg.update_ratio]
         if families:
             self._scalars = rows.LayerScalars(families, info.modules, info.layers)
@@ -211,6 +212,36 @@ class WandbSink(Sink):
         return self._media_dir
 
     # ------------------------------------------------------------------ trainer callbacks
+    def _add_ultralytics_metrics(self, callbacks: dict | None) -> None:
+        """Ultralytics' losses, learning rates and metrics in this run when its own W&B callback is off: its epoch
+        callbacks, registered here (with it on, it logs them itself: nothing is logged twice). They run only while
+        this sink's run is the active one, never raise into training, and mark the row they leave uncommitted."""
+        if callbacks is None or ultralytics_wandb_on(callbacks):
+            return
+        for prefix in ULTRALYTICS_EPOCH_PREFIXES:
+            self.run.define_metric(f"{prefix}/*", step_metric="epoch")
+        sink = self
+
+        def guarded(fn, row_open: bool):
+            def gradmon_ultralytics_metrics(trainer):
+                if sink._finished or sink.run is None or sink.wb.run is not sink.run:
+                    return  # the sink was disabled (its run finished), or another run took over
+                try:
+                    fn(trainer)
+                    sink._row_open = row_open  # on_train_epoch_end leaves its row open; on_fit_epoch_end commits it
+                except Exception as e:  # noqa: BLE001 - a metric row failing never stops training
+                    sink._row_open = False
+                    LOGGER.warning(f"{PREFIX}could not log Ultralytics' epoch metrics to W&B ({type(e).__name__}: {e})")
+            return gradmon_ultralytics_metrics
+
+        for event, fn in ultralytics_epoch_callbacks(self.wb).items():
+            callbacks.setdefault(event, []).append(guarded(fn, row_open=event == "on_train_epoch_end"))
+
+    def failure_line(self, error: Exception) -> str:
+        """What to print when this sink is disabled: why, and how to turn W&B on."""
+        return (f"W&B logging is off for this run ({type(error).__name__}: {str(error).rstrip('. ')}). To turn it on: "
+                f"{HOW_TO_ENABLE}. The gradients are logged locally in {self.info.out_dir if self.info else 'gradmon/'}.")
+
     def _hook_teardown(self, callbacks: dict | None) -> None:
         if callbacks is None:
             return
@@ -241,7 +272,7 @@ class WandbSink(Sink):
 
         for event, marker in (("on_train_epoch_end", gradmon_wandb_row_open), ("on_fit_epoch_end", gradmon_wandb_row_closed)):
             fns = callbacks.get(event) or []
-            idx = [i for i, fn in enumerate(fns) if getattr(fn, "__module__", None) == _UL_WB_MODULE]
+            idx = [i for i, fn in enumerate(fns) if getattr(fn, "__module__", None) == ULTRALYTICS_WB_MODULE]
             if idx:
                 fns.insert(idx[-1] + 1, marker)
 

@@ -113,20 +113,25 @@ class LayerScalars:
 
 # ---------------------------------------------------------------------------------------------- charts and tables
 def family_state(records: Sequence[dict], family: str) -> tuple[str, float | None]:
-    """``("varied", None)``, ``("constant", value)`` (every finite value of the run is that one) or
-    ``("unmeasured", None)`` (no finite value at all, e.g. act_saturated without Sigmoid/Tanh-like units)."""
+    """``("varied", None)``; ``("constant", value)`` (every value of the run is that one); ``("sparse", None)`` (varied,
+    but at fewer than 2 logged steps, e.g. ``update_to_weight`` sampled every ``update_every`` steps in a short run: a
+    chart of it would be single dots); or ``("unmeasured", None)`` (no value at all, e.g. act_saturated without
+    Sigmoid/Tanh-like units)."""
     module = is_module_family(family)
-    first = None
+    first, varied, steps = None, False, 0
     for rec in records:
         has = rec.get("has_grad") if module else None
-        for i, v in enumerate(rec.get(family) or []):
-            if v is None or (has is not None and not has[i]):
-                continue
-            if first is None:
-                first = v
-            elif v != first:
-                return "varied", None
-    return ("unmeasured", None) if first is None else ("constant", first)
+        here = [v for i, v in enumerate(rec.get(family) or []) if v is not None and (has is None or has[i])]
+        if not here:
+            continue
+        steps += 1
+        first = here[0] if first is None else first
+        varied = varied or any(v != first for v in here)
+    if first is None:
+        return "unmeasured", None
+    if not varied:
+        return "constant", first
+    return ("sparse", None) if steps < 2 else ("varied", None)
 
 
 def series(records: Sequence[dict], family: str, n: int) -> tuple[list[list], list[list]]:
@@ -153,8 +158,8 @@ def series(records: Sequence[dict], family: str, n: int) -> tuple[list[list], li
 
 def line_charts(records: Sequence[dict], header: dict) -> dict[str, dict]:
     """``gradmon/layers/<family>`` -> the arguments of ``wandb.plot.line_series`` (``xs``, ``ys``, ``keys``,
-    ``title``): every layer (module) with a value a line, in depth order; families that are constant or unmeasured
-    over the run are left out."""
+    ``title``): every layer (module) with a value a line over the steps where it was measured, in depth order;
+    families that are constant, unmeasured or sampled at fewer than 2 steps over the run are left out."""
     unit = header.get("granularity") or "layer"  # a module family per layer, module or param
     modules, layers = list(header["modules"]), list(header.get("layers") or [])
     out = {}
@@ -232,6 +237,7 @@ def summary_fields(summary: dict, alerts_sent: int, records: Sequence[dict] = ()
         states = {f: family_state(records, f) for f in FAMILIES if any(r.get(f) is not None for r in records)}
         out["gradmon/constant_families"] = ", ".join(f"{f}={v:g}" for f, (s, v) in states.items() if s == "constant")
         out["gradmon/unmeasured_families"] = ", ".join(f for f, (s, _) in states.items() if s == "unmeasured")
+        out["gradmon/sparse_families"] = ", ".join(f for f, (s, _) in states.items() if s == "sparse")
     return out
 
 

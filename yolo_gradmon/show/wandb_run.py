@@ -78,3 +78,28 @@ def open_run(wb: Any, *, project: str | Path | None, name: str | None, config: d
     if resume_id:
         kwargs.update(id=resume_id, resume="allow")
     return wb.init(**kwargs)
+
+
+ULTRALYTICS_WB_MODULE = "ultralytics.utils.callbacks.wb"  # Ultralytics' own W&B integration callbacks
+ULTRALYTICS_EPOCH_PREFIXES = ("train", "lr", "metrics", "val")  # its per-epoch keys, on its ``epoch`` axis
+
+
+def ultralytics_wandb_on(callbacks: dict | None) -> bool:
+    """Whether Ultralytics' own W&B callback is registered on the trainer (``yolo settings wandb=True``)."""
+    return any(getattr(fn, "__module__", None) == ULTRALYTICS_WB_MODULE
+               for fns in (callbacks or {}).values() for fn in fns)
+
+
+def ultralytics_epoch_callbacks(wb: Any) -> dict:
+    """Ultralytics' own callbacks that log an epoch's losses and learning rates (``on_train_epoch_end``) and its
+    metrics (``on_fit_epoch_end``) on the ``epoch`` axis, for a run where its W&B integration is off (the
+    Ultralytics default): the same code, so the same keys, as with ``yolo settings wandb=True``.
+
+    Its module sets its ``wandb`` handle at import time and leaves it unset under pytest (``TESTS_RUNNING``); it is
+    set here to the module the sink uses, so the callbacks work there too."""
+    from ultralytics.utils.callbacks import wb as ul_wb
+
+    ul_wb.wb = wb  # the same module outside pytest
+    if not hasattr(ul_wb, "_processed_plots"):
+        ul_wb._processed_plots = {}
+    return {"on_train_epoch_end": ul_wb.on_train_epoch_end, "on_fit_epoch_end": ul_wb.on_fit_epoch_end}
