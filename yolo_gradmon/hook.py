@@ -1,5 +1,5 @@
 """The monitor's hold on Ultralytics' trainer: wrapping the trainer instance's ``optimizer_step``, and reading what
-the monitor needs from the trainer (warm-up length, model name, ``compile``).
+the monitor needs from the trainer (warm-up length, model name, ``compile``, the dataset).
 
 Ultralytics declares ``optimizer_step`` / ``on_before_zero_grad`` callback events but never fires them, so the
 monitor wraps the trainer *instance's* ``optimizer_step`` method from ``on_train_start``. Inside the wrapper the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from pathlib import Path
 from typing import Callable
 
 from ultralytics.utils.torch_utils import unwrap_model
@@ -198,3 +199,42 @@ def compiled(trainer) -> bool:
     args = getattr(trainer, "args", None)
     mode = getattr(args, "compile", False)
     return bool(mode) and str(mode).lower() not in {"false", "0", "none"}
+
+
+GENERATED_MARKER = "gradmon-generated.json"
+"""Written in the root of a dataset generated offline (:func:`yolo_gradmon.demo.synthetic_dataset`), so a run on it
+records ``generated: true``."""
+
+
+def dataset_facts(trainer) -> dict:
+    """Which dataset trains the run, for the log header's ``data``: ``yaml`` (the ``data`` argument as given),
+    ``root`` (the dataset's resolved root directory), ``train_images`` (images in the training split) and
+    ``generated`` (true when the data was generated offline, not real images). Never raises: a fact that cannot be
+    read is left out."""
+    out: dict = {}
+    try:
+        given = getattr(getattr(trainer, "args", None), "data", None)
+        if given is not None:
+            out["yaml"] = str(given)
+    except Exception:  # noqa: BLE001 - facts are best effort, never a failure
+        pass
+    root = None
+    try:
+        root = (getattr(trainer, "data", None) or {}).get("path")
+        if root:
+            root = Path(root).resolve()
+            out["root"] = str(root)
+    except Exception:  # noqa: BLE001
+        root = None
+    try:
+        dataset = trainer.train_loader.dataset
+        files = getattr(dataset, "im_files", None)
+        out["train_images"] = int(len(files) if files is not None else len(dataset))
+    except Exception:  # noqa: BLE001 - no loader yet
+        pass
+    try:
+        if root is not None:
+            out["generated"] = (root / GENERATED_MARKER).is_file()
+    except Exception:  # noqa: BLE001
+        pass
+    return out

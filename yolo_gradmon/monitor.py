@@ -141,7 +141,8 @@ class GradientMonitor:
         resumed, start_step = self._resume(trainer)
         self._schedule = Schedule(self.cfg, start_step)
         header = header_record(hook.model_name(trainer), getattr(trainer.args, "task", None), self.cfg.granularity,
-                               self._probe.header_fields(), self.cfg.to_dict(), train=train_facts(trainer))
+                               self._probe.header_fields(), self.cfg.to_dict(), train=train_facts(trainer),
+                               data=hook.dataset_facts(trainer))
         self._run = RunInfo(header=header, cfg=self.cfg, save_dir=save_dir, out_dir=self.out_dir, resumed=resumed,
                             start_step=start_step, start_epoch=int(getattr(trainer, "start_epoch", 0)),
                             epochs=getattr(trainer, "epochs", None), trainer_args=dict(vars(trainer.args)),

@@ -222,6 +222,7 @@ def build_summary(header: dict, records: list[dict], flags: list[Flag], complete
         "layer_stats": layer_table(records, layers) if layers else [],
         "depth": run_depth(records, header) if layers else {},
         "train": header.get("train") or {},
+        "data": header.get("data") or {},
         "config": cfg,
     }
 

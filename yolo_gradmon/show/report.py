@@ -16,6 +16,7 @@ import polars as pl
 
 from ..config import GradmonConfig
 from ..record.logfile import locate_log, read_log
+from ..record.dataset import describe_data
 from ..record.tables import layer_frame, module_frame, rebuild, step_frame
 from .figures import (CURVES_NAME, HEATMAP_NAME, _curves_title, curves_png, flow_profile_png, health_png, heatmap_png,
                       run_label)
@@ -84,6 +85,7 @@ def _facts(summary: dict, steps: pl.DataFrame | None, log_path: Path) -> list[tu
     rows = [
         ("model", str(summary.get("model")), ""),
         ("task", str(summary.get("task")), ""),
+        ("data", describe_data(summary.get("data")), "bad" if (summary.get("data") or {}).get("generated") else ""),
         ("granularity", f"{summary.get('granularity')} ({len(summary.get('modules') or [])} modules)", ""),
         ("log every", f"{summary.get('log_every')} optimizer step(s)", ""),
         ("steps logged", f"{summary.get('steps_logged')}" + (f" (steps {first}–{last})" if first is not None else ""), ""),

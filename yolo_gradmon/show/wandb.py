@@ -214,7 +214,7 @@ class WandbSink(Sink):
         self.info = info
         wb = self.wb
         run = wb.run
-        gradmon = {"gradmon": info.cfg.to_dict()}
+        gradmon = {"gradmon": info.cfg.to_dict(), "gradmon_data": info.header.get("data") or {}}  # which dataset
         if run is None:
             self._hook_teardown(info.callbacks)  # a no-op unless init below returns a run (then owned here)
             run = wb.init(**self._init_kwargs(info, gradmon))
