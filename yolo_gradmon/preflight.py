@@ -21,6 +21,7 @@ class InputError(ValueError):
 def _reason(e: BaseException) -> str:
     """Ultralytics' message of ``e`` on one line (its own text, emojis included)."""
     text = " ".join(str(e).split()) or type(e).__name__
+    text = text.rstrip(".")
     return text if type(e).__name__ in text else f"{type(e).__name__}: {text}"
 
 

@@ -11,7 +11,7 @@ def describe_data(data: dict | None) -> str:
         return "not recorded"
     parts = [f"{data['train_images']} train images"] if data.get("train_images") is not None else []
     if data.get("generated"):
-        parts.insert(0, "GENERATED offline (synthetic squares and discs, not real images)")
+        parts.insert(0, "GENERATED offline: synthetic shapes, not real images")
     if data.get("root"):
         parts.append(str(data["root"]))
     return f"{data.get('yaml') or '?'}" + (f" ({', '.join(parts)})" if parts else "")
