@@ -206,19 +206,35 @@ GENERATED_MARKER = "gradmon-generated.json"
 records ``generated: true``."""
 
 
+DATA_ARG = "_gradmon_data_arg"
+
+
+def remember_data_arg(trainer) -> None:
+    """Keep the ``data`` argument as the user gave it (``on_pretrain_routine_start``: Ultralytics replaces
+    ``trainer.args.data`` by the resolved YAML path when it checks the dataset)."""
+    given = getattr(getattr(trainer, "args", None), "data", None)
+    if given is not None:
+        setattr(trainer, DATA_ARG, str(given))
+
+
 def dataset_facts(trainer) -> dict:
     """Which dataset trains the run, for the log header's ``data``: ``yaml`` (the ``data`` argument as given),
-    ``root`` (the dataset's resolved root directory), ``train_images`` (images in the training split) and
-    ``generated`` (true when the data was generated offline, not real images). Never raises: a fact that cannot be
-    read is left out."""
+    ``yaml_file`` (the YAML it resolved to), ``root`` (the dataset's resolved root directory), ``train_images``
+    (images in the training split) and ``generated`` (true when the data was generated offline, not real images).
+    Never raises: a fact that cannot be read is left out."""
     out: dict = {}
     try:
-        given = getattr(getattr(trainer, "args", None), "data", None)
+        given = getattr(trainer, DATA_ARG, None) or getattr(getattr(trainer, "args", None), "data", None)
         if given is not None:
             out["yaml"] = str(given)
     except Exception:  # noqa: BLE001 - facts are best effort, never a failure
         pass
     root = None
+    try:
+        if (getattr(trainer, "data", None) or {}).get("yaml_file"):
+            out["yaml_file"] = str(trainer.data["yaml_file"])
+    except Exception:  # noqa: BLE001
+        pass
     try:
         root = (getattr(trainer, "data", None) or {}).get("path")
         if root:

@@ -78,6 +78,7 @@ class GradientMonitor:
         trainer is already watched by another one stays inactive (one warning): gradients are never logged twice.
         """
         return {
+            "on_pretrain_routine_start": self.on_pretrain_routine_start,
             "on_train_start": self.on_train_start,
             "on_train_epoch_start": self.on_train_epoch_start,
             "on_train_batch_start": self.on_train_batch_start,
@@ -112,6 +113,12 @@ class GradientMonitor:
         self._reset()
 
     # ------------------------------------------------------------------ callbacks
+    def on_pretrain_routine_start(self, trainer) -> None:
+        try:
+            hook.remember_data_arg(trainer)  # the dataset as given, before Ultralytics resolves it
+        except Exception:  # noqa: BLE001 - a fact for the header only; never a failure
+            pass
+
     def on_train_start(self, trainer) -> None:
         if self._active and self._trainer is trainer:
             return  # this callback was registered twice: already watching this trainer

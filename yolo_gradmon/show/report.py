@@ -242,7 +242,8 @@ def _html_page(summary: dict, steps: pl.DataFrame | None, log_path: Path, images
     body = (
         f"<h1>Gradient monitor report</h1><p class=\"muted\">{esc(what)} · generated {esc(generated)} from "
         f"{esc(log_path.name)}</p>"
-        f'<p class="verdict {vclass}">{esc(verdict)}</p>'
+        f'<p class="verdict {vclass}">{esc(verdict)}<br><small>data: {esc(describe_data(summary.get("data")))}'
+        "</small></p>"
         f"<h2>Flags ({len(flags)})</h2>{flags_html}"
         f"{figs}"
         f"<h2>Run</h2>{facts}"
