@@ -68,8 +68,9 @@ def check_data(data, task: str | None) -> dict:
         return check_cls_dataset(data) if task == CLS_TASK else check_det_dataset(data)
     except Exception as e:  # noqa: BLE001 - Ultralytics raises FileNotFoundError, ConnectionError, SyntaxError...
         example = "data=imagenet10" if task == CLS_TASK else "data=coco8.yaml"
-        raise InputError(f"data={data}: {_reason(e)}. Pass data=<a dataset on this machine> "
-                         f"(e.g. {example}, which Ultralytics downloads when online)") from None
+        hint = ("(or run where Ultralytics can download it)" if f"data={data}" == example
+                else f"(e.g. {example}, which Ultralytics downloads when online)")
+        raise InputError(f"data={data}: {_reason(e)}. Pass data=<a dataset on this machine> {hint}") from None
 
 
 def check_run_data(model, trainer_args: dict) -> dict:
