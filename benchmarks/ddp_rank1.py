@@ -1,6 +1,6 @@
 """Rank 1's step time in a real 2-process CPU DDP training, with and without the monitor attached.
 
-    OMP_NUM_THREADS=1 python benchmarks/ddp_rank1.py --out /tmp/ddp-bench [--pairs 3 --imgsz 160 --epochs 10]
+    OMP_NUM_THREADS=1 python benchmarks/ddp_rank1.py --out /tmp/ddp-bench [--datasets DIR --pairs 3 --imgsz 160 --epochs 10]
 
 Launches ``tests/ddp_harness.py --bench`` (YOLO26n, COCO8, gloo, 2 processes, 1 image per rank, nbs=batch: one
 optimizer step per batch) alternately without and with ``GradientMonitor(wandb=False)`` (defaults otherwise), so
@@ -25,7 +25,7 @@ HARNESS = Path(__file__).resolve().parents[1] / "tests" / "ddp_harness.py"
 
 
 def one(out: Path, monitor: bool, a) -> dict:
-    cmd = [sys.executable, str(HARNESS), "--out", str(out), "--bench", "--imgsz", str(a.imgsz),
+    cmd = [sys.executable, str(HARNESS), "--out", str(out), "--datasets", str(a.datasets), "--bench", "--imgsz", str(a.imgsz),
            "--epochs", str(a.epochs), "--batch", "2"] + ([] if monitor else ["--no-monitor"])
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     t0 = time.monotonic()
@@ -38,6 +38,8 @@ def one(out: Path, monitor: bool, a) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--datasets", type=Path, default=HARNESS.parents[2] / "shared" / "datasets",
+                    help="the directory holding coco8/ (default: ../shared/datasets beside the repository)")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=10)

@@ -1,6 +1,7 @@
 """A real multi-process DDP training on CPU (gloo), launched the way Ultralytics launches it.
 
-Run:  OMP_NUM_THREADS=1 python tests/ddp_harness.py --out /tmp/ddp [--imgsz 64 --epochs 3 --batch 2] [--wandb]
+Run:  OMP_NUM_THREADS=1 python tests/ddp_harness.py --out /tmp/ddp --datasets <dir holding coco8/>
+      [--imgsz 64 --epochs 3 --batch 2] [--wandb]
       [--kill-rank 1 --kill-step 3] [--no-monitor] [--no-probe-reference] [--no-trace] [--bench]
       (the launcher runs with nbs=batch, amp=False, seed=0, val=False, plots=False, workers=0)
 
@@ -62,7 +63,6 @@ from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
-SHARED_COCO8 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco8"
 PKG = "yolo_gradmon"
 _FACTS_DIR_ENV = "GRADMON_DDP_FACTS"
 
@@ -365,11 +365,16 @@ class Probe:
 
 
 # ------------------------------------------------------------------------------------------------ launcher
-def _prepare_env(out: Path, nproc: int) -> None:
-    """An isolated Ultralytics settings dir with a copy of COCO8 (never written in /work/shared)."""
+def _prepare_env(out: Path, nproc: int, source: Path) -> None:
+    """An isolated Ultralytics settings dir with a copy of ``<source>/coco8`` (the source is never written in).
+
+    ``tests/test_ddp.py`` passes the datasets dir ``tests/conftest.py`` resolved (shared copy, the user's
+    ``datasets_dir``, or generated data), so the harness trains on what every other test trains on."""
     datasets = out / "datasets"
     if not (datasets / "coco8").is_dir():
-        shutil.copytree(SHARED_COCO8, datasets / "coco8")
+        if not (source / "coco8" / "images").is_dir():
+            raise SystemExit(f"ddp_harness: no COCO8 in --datasets {source} (expected {source / 'coco8' / 'images'})")
+        shutil.copytree(source / "coco8", datasets / "coco8", ignore=shutil.ignore_patterns("*.cache"))
     cfg = out / "ultralytics-config" / "Ultralytics"
     cfg.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -392,6 +397,8 @@ def _prepare_env(out: Path, nproc: int) -> None:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--datasets", required=True, type=Path,
+                    help="the directory holding coco8/ (tests/test_ddp.py passes the one tests/conftest.py resolved)")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--imgsz", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
@@ -445,7 +452,7 @@ if __name__ == "__main__":
     args = parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    _prepare_env(args.out, args.nproc)
+    _prepare_env(args.out, args.nproc, args.datasets.resolve())
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import ddp_harness  # this file as a module: the trainer class and probe pickle by reference into the workers
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import requires_coco8
+from conftest import DATASETS_DIR, requires_coco8
 
 from yolo_gradmon import GradientMonitor, read_log
 
@@ -54,8 +54,8 @@ def variant_params():
 def launch(out: Path, variant: str, *extra: str, timeout: float) -> dict:
     """Run the harness in its own session; on timeout kill the whole process group (launcher, agent, workers)."""
     v = VARIANTS[variant]
-    cmd = [sys.executable, str(HARNESS), "--out", str(out), "--imgsz", str(v["imgsz"]), "--epochs", str(v["epochs"]),
-           "--batch", str(v["batch"]), *extra]
+    cmd = [sys.executable, str(HARNESS), "--out", str(out), "--datasets", str(DATASETS_DIR), "--imgsz", str(v["imgsz"]),
+           "--epochs", str(v["epochs"]), "--batch", str(v["batch"]), *extra]  # the data conftest resolved
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,

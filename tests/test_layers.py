@@ -19,7 +19,7 @@ LAYERS = [
     ("judge",),                      # rules and cause diagnosis over logged numbers
     ("record",),                     # the log, its reader, derived tables
     ("show",),                       # sinks, figures, HTML report
-    ("hook", "monitor", "trainer", "testing", "demo"),  # the Ultralytics glue and ground-truth utilities
+    ("hook", "monitor", "trainer", "preflight", "testing", "demo"),  # the Ultralytics glue and ground-truth utilities
     ("ablate",),                     # swaps, grids, runner, comparison
     ("cli", "__init__"),             # the command line and the public package surface
 ]

@@ -23,11 +23,13 @@ from .config import (
     options_help,
     split_cli_args,
 )
+from .preflight import InputError
 from .record.logfile import LogSchemaError
 from .trainer import TrainerArgError, trainer_keys
 from .trainer import check_trainer_args as check_ultralytics_args
 
 PROG = "yolo-gradmon"
+DEMO_PROJECT = "runs/gradmon"  # the demo's project, relative to the working directory
 COMMANDS: dict[str, str] = {  # command -> its one line in `yolo-gradmon --help`
     "train": "train a YOLO model with the gradient monitor attached",
     "demo": "YOLO26n on COCO8 (or generated data offline) for 10 epochs, then an HTML report",
@@ -54,7 +56,8 @@ _EPILOGS: dict[str, str] = {
 
 {_MONITOR_OPTIONS}""",
     "demo": f"""trainer arguments default to: data=coco8.yaml (a generated 2-class dataset when COCO8 is not in the
-  Ultralytics datasets dir), epochs=10 imgsz=320 batch=8 nbs=8 project=runs/gradmon name=demo plots=False.
+  Ultralytics datasets dir), epochs=10 imgsz=320 batch=8 nbs=8 project=runs/gradmon name=demo plots=False; a relative project is
+  taken from the working directory, so the run is ./runs/gradmon/demo/ (its report: gradmon/report.html there).
 
 {_MONITOR_OPTIONS}""",
     "report": """<save_dir> is a training run's directory (holding gradmon/), its gradmon/ directory or the
@@ -160,21 +163,24 @@ def train(pairs: list[str], demo: bool = False) -> int:
     gradmon_args, trainer_args = split_cli_args(parse_pairs(pairs))
     cfg = config_from_cli(gradmon_args)  # validated before Ultralytics starts
     check_trainer_args(trainer_args, _raw_values(pairs))
-    from ultralytics import YOLO
-
     from .monitor import GradientMonitor
+    from .preflight import check_model, check_run_data, check_weights
 
+    model = check_model(str(trainer_args.pop("model", "yolo26n.yaml")))  # before anything is written
+    check_weights(trainer_args.get("pretrained"))
     if demo:
         from .demo import demo_data
 
-        project = Path(trainer_args.get("project", "runs/gradmon"))
-        trainer_args.setdefault("data", demo_data(project))
+        # the demo's folder is taken from the working directory (Ultralytics would nest a relative one in runs/detect/)
+        project = (Path.cwd() / Path(str(trainer_args.get("project", DEMO_PROJECT))).expanduser()).resolve()
+        if "data" not in trainer_args:
+            trainer_args["data"] = demo_data(project)
         # nbs=batch: every batch is an optimizer step, so a short demo still logs a readable history
-        defaults = {"epochs": 10, "imgsz": 320, "batch": 8, "nbs": 8, "project": str(project), "name": "demo",
-                    "plots": False}
+        defaults = {"epochs": 10, "imgsz": 320, "batch": 8, "nbs": 8, "name": "demo", "plots": False}
+        trainer_args.update(project=str(project))
         for k, v in defaults.items():
             trainer_args.setdefault(k, v)
-    model = YOLO(str(trainer_args.pop("model", "yolo26n.yaml")))
+    check_run_data(model, trainer_args)  # Ultralytics' own check (and download), before the trainer makes its folder
     GradientMonitor(cfg).attach(model)
     model.train(**trainer_args)  # the monitor writes report.html at train end and prints its path
     return 0
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         from .ablate.runner import main as ablate_main
 
         return ablate_main(args.grid, overrides, sweep=args.sweep)
-    except (_UsageError, GradmonConfigError, LogSchemaError, FileNotFoundError) as e:
+    except (_UsageError, GradmonConfigError, InputError, LogSchemaError, FileNotFoundError) as e:
         print(str(e).strip().replace("\n", " "), file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ detection dataset (coloured squares and discs on noise, YOLO txt labels) and say
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import yaml
 from ultralytics.utils import DATASETS_DIR, LOGGER
 
 from .config import PREFIX
+from .trainer import GENERATED_MARKER
 
 SYNTH_NAMES = {0: "square", 1: "disc"}
 
@@ -47,6 +49,9 @@ def synthetic_dataset(root: str | Path, n_train: int = 16, n_val: int = 8, imgsz
                 labels.append(f"{cls} {(x0 + s / 2) / imgsz:.6f} {(y0 + s / 2) / imgsz:.6f} {s / imgsz:.6f} {s / imgsz:.6f}")
             cv2.imwrite(str(root / "images" / split / f"{split}{k:03d}.jpg"), img)
             (root / "labels" / split / f"{split}{k:03d}.txt").write_text("\n".join(labels) + "\n")
+    (root / GENERATED_MARKER).write_text(json.dumps({  # a run on this data records data.generated = true
+        "generator": "yolo_gradmon.demo.synthetic_dataset", "seed": seed, "imgsz": imgsz, "train": n_train,
+        "val": n_val, "names": SYNTH_NAMES}) + "\n")
     data = {"path": str(root.resolve()), "train": "images/train", "val": "images/val", "names": SYNTH_NAMES}
     path = root / "data.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

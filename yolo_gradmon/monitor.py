@@ -25,7 +25,7 @@ from .record.logfile import LOG_NAME, header_record, resume_log, step_record
 from .record.outputs import TrainEnd
 from .show.fanout import Fanout
 from .show.sink import History, RunInfo
-from .trainer import compiled, model_name, train_facts, warmup_iterations
+from .trainer import compiled, dataset_facts, model_name, remember_data_arg, train_facts, warmup_iterations
 
 OUT_DIRNAME = "gradmon"
 
@@ -79,6 +79,7 @@ class GradientMonitor:
         trainer is already watched by another one stays inactive (one warning): gradients are never logged twice.
         """
         return {
+            "on_pretrain_routine_start": self.on_pretrain_routine_start,
             "on_train_start": self.on_train_start,
             "on_train_epoch_start": self.on_train_epoch_start,
             "on_train_batch_start": self.on_train_batch_start,
@@ -113,6 +114,12 @@ class GradientMonitor:
         self._reset()
 
     # ------------------------------------------------------------------ callbacks
+    def on_pretrain_routine_start(self, trainer) -> None:
+        try:
+            remember_data_arg(trainer)  # the dataset as given, before Ultralytics resolves it
+        except Exception:  # noqa: BLE001 - a fact for the header only; never a failure
+            pass
+
     def on_train_start(self, trainer) -> None:
         if self._active and self._trainer is trainer:
             return  # this callback was registered twice: already watching this trainer
@@ -142,7 +149,8 @@ class GradientMonitor:
         resumed, start_step = self._resume(trainer)
         self._schedule = Schedule(self.cfg, start_step)
         header = header_record(model_name(trainer), getattr(trainer.args, "task", None), self.cfg.granularity,
-                               self._probe.header_fields(), self.cfg.to_dict(), train=train_facts(trainer))
+                               self._probe.header_fields(), self.cfg.to_dict(), train=train_facts(trainer),
+                               data=dataset_facts(trainer))
         self._run = RunInfo(header=header, cfg=self.cfg, save_dir=save_dir, out_dir=self.out_dir, resumed=resumed,
                             start_step=start_step, start_epoch=int(getattr(trainer, "start_epoch", 0)),
                             epochs=getattr(trainer, "epochs", None), trainer_args=dict(vars(trainer.args)),

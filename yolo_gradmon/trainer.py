@@ -1,5 +1,5 @@
 """What the monitor knows of Ultralytics' trainer, in one place: the facts it reads from a running trainer (step
-arithmetic, warm-up length, model name, ``compile``) and the check of trainer arguments that the CLI and the
+arithmetic, warm-up length, model name, ``compile``, the dataset) and the check of trainer arguments that the CLI and the
 ablation grid share.
 
 The rest of the package never reads a trainer attribute: the monitor hands these facts down as plain values (the log
@@ -8,6 +8,7 @@ header's ``train`` section, the schedule's warm-up length).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ultralytics.utils.torch_utils import unwrap_model
@@ -64,6 +65,62 @@ def compiled(trainer) -> bool:
     args = getattr(trainer, "args", None)
     mode = getattr(args, "compile", False)
     return bool(mode) and str(mode).lower() not in {"false", "0", "none"}
+
+
+# ---------------------------------------------------------------------------------------------- the dataset
+GENERATED_MARKER = "gradmon-generated.json"
+"""Written in the root of a dataset generated offline (:func:`yolo_gradmon.demo.synthetic_dataset`), so a run on it
+records ``generated: true``."""
+
+
+DATA_ARG = "_gradmon_data_arg"
+
+
+def remember_data_arg(trainer) -> None:
+    """Keep the ``data`` argument as the user gave it (``on_pretrain_routine_start``: Ultralytics replaces
+    ``trainer.args.data`` by the resolved YAML path when it checks the dataset)."""
+    given = getattr(getattr(trainer, "args", None), "data", None)
+    if given is not None:
+        setattr(trainer, DATA_ARG, str(given))
+
+
+def dataset_facts(trainer) -> dict:
+    """Which dataset trains the run, for the log header's ``data``: ``yaml`` (the ``data`` argument as given),
+    ``yaml_file`` (the YAML it resolved to), ``root`` (the dataset's resolved root directory), ``train_images``
+    (images in the training split) and ``generated`` (true when the data was generated offline, not real images).
+    Never raises: a fact that cannot be read is left out."""
+    out: dict = {}
+    try:
+        given = getattr(trainer, DATA_ARG, None) or getattr(getattr(trainer, "args", None), "data", None)
+        if given is not None:
+            out["yaml"] = str(given)
+    except Exception:  # noqa: BLE001 - facts are best effort, never a failure
+        pass
+    root = None
+    try:
+        if (getattr(trainer, "data", None) or {}).get("yaml_file"):
+            out["yaml_file"] = str(trainer.data["yaml_file"])
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        root = (getattr(trainer, "data", None) or {}).get("path")
+        if root:
+            root = Path(root).resolve()
+            out["root"] = str(root)
+    except Exception:  # noqa: BLE001
+        root = None
+    try:
+        dataset = trainer.train_loader.dataset
+        files = getattr(dataset, "im_files", None)
+        out["train_images"] = int(len(files) if files is not None else len(dataset))
+    except Exception:  # noqa: BLE001 - no loader yet
+        pass
+    try:
+        if root is not None:
+            out["generated"] = (root / GENERATED_MARKER).is_file()
+    except Exception:  # noqa: BLE001
+        pass
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- trainer arguments

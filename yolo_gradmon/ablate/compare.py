@@ -106,6 +106,11 @@ class Comparison:
 
     def finding_lines(self) -> list[str]:
         """The finding as plain sentences (printed by the runner; the page shows the same)."""
+        if self.rows and not self.done():  # headline: nothing here is a result
+            first = self.rows[0]
+            cause = " ".join(str(first.get("error") or "unknown error").split())
+            return [f"nothing trained: none of the {len(self.rows)} variant(s) completed; the first failure, "
+                    f"{first['variant']}: {cause}"]
         lines = []
         ranked = self.ranked()
         if self.baseline and ranked:

@@ -121,7 +121,7 @@ def run_grid(grid: Grid, resume: bool = True) -> Path:
     (out_dir / "grid.json").write_text(json.dumps(grid.to_dict(), indent=2, default=str))
     group = f"{grid.name}"
     rows: list[dict] = []
-    t_start, trained = time.time(), 0
+    done_seconds, done_count = 0.0, 0  # the ETA comes from completed variants only (a failure takes no time)
     for k, variant in enumerate(variants, 1):
         status_path = out_dir / variant.name / STATUS_NAME
         if resume and status_path.is_file():
@@ -130,18 +130,16 @@ def run_grid(grid: Grid, resume: bool = True) -> Path:
                 LOGGER.info(f"{PREFIX}ablation: variant {k}/{len(variants)} {variant.name}: already complete, skipped")
                 rows.append(prev)
                 continue
-        eta = ""
-        if trained:
-            per = (time.time() - t_start) / trained
-            eta = f", ETA {_fmt_s(per * (len(variants) - k + 1))}"
+        eta = f", ETA {_fmt_s(done_seconds / done_count * (len(variants) - k + 1))}" if done_count else ""
         LOGGER.info(f"{PREFIX}ablation: variant {k}/{len(variants)} {variant.name} {variant.values}{eta}")
+        t0 = time.time()
         try:
             row = train_variant(grid, variant, out_dir, own_wandb_run=True)
+            done_seconds, done_count = done_seconds + time.time() - t0, done_count + 1
         except Exception as e:  # noqa: BLE001 - one failing variant never stops the grid
             LOGGER.error(f"{PREFIX}ablation: variant {variant.name} failed: {type(e).__name__}: {e}")
             row = {"variant": variant.name, **variant.values, "status": "failed",
                    "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
-        trained += 1
         status_path.parent.mkdir(parents=True, exist_ok=True)
         status_path.write_text(json.dumps(row, indent=2, default=str))
         rows.append(row)
@@ -159,6 +157,44 @@ def run_grid(grid: Grid, resume: bool = True) -> Path:
         LOGGER.info(f"{PREFIX}ablation: {line}")
     LOGGER.info(f"{PREFIX}ablation: {done}/{len(variants)} variants done; comparison: {comparison.html}")
     return out_dir
+
+
+def grid_rows(out_dir: Path, grid: Grid) -> list[dict]:
+    """The recorded ``variant.json`` of every variant of ``grid`` that has one, in grid order."""
+    paths = [Path(out_dir) / v.name / STATUS_NAME for v in grid.variants()]
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
+def failure_line(rows: list[dict], total: int, out_dir: Path) -> str | None:
+    """One line when a variant failed: how many completed, the first failure's cause and what to do about it."""
+    failed = [r for r in rows if r.get("status") != "done"]
+    if not failed:
+        return None
+    done = len(rows) - len(failed)
+    first = failed[0]
+    cause = " ".join(str(first.get("error") or "unknown error").split())
+    head = "nothing trained: no variant completed" if not done else f"{done} of {total} variants completed"
+    return (f"{head} ({len(failed)} failed); the first failure, {first['variant']}: {cause}. "
+            f"{failure_fix(cause, Path(out_dir) / first['variant'] / STATUS_NAME)}")
+
+
+def failure_fix(cause: str, status_path: Path) -> str:
+    """What to try for a variant's error message (a dataset that cannot be read or had: ``data=``)."""
+    low = cause.lower()
+    if any(w in low for w in ("dataset", "images not found", "download", "no labels found")):
+        return "Pass data=<a dataset on this machine> (e.g. data=coco8.yaml, which Ultralytics downloads when online)"
+    return f"Its traceback is in {status_path}"
+
+
+def exit_status(out_dir: Path, grid: Grid) -> int:
+    """``yolo-gradmon ablate``'s exit status: 1 when no variant completed, else 0; a failure is one line on stderr."""
+    import sys
+
+    rows = grid_rows(out_dir, grid)
+    line = failure_line(rows, len(grid), out_dir)
+    if line:
+        print(f"yolo-gradmon ablate: {line}", file=sys.stderr)
+    return 0 if any(r.get("status") == "done" for r in rows) else 1
 
 
 def _fmt_s(s: float) -> str:
@@ -272,5 +308,19 @@ def main(grid_path: str, overrides: dict, sweep: bool = False) -> int:
         path = write_sweep(grid, grid_path)
         print(f"gradmon: W&B sweep config written to {path}\n  wandb sweep {path}\n  wandb agent <entity/project/sweep_id>")
         return 0
-    run_grid(grid)
-    return 0
+    check_grid_inputs(grid)  # InputError (one line, exit 2) before the ablation's folder exists
+    out_dir = run_grid(grid)
+    return exit_status(out_dir, grid)
+
+
+def check_grid_inputs(grid: Grid) -> None:
+    """Check the model, weights and dataset of every distinct variant set-up, as ``yolo-gradmon train`` does."""
+    from ..preflight import check_inputs
+
+    seen = set()
+    for variant in grid.variants():
+        args = variant.trainer_args
+        key = tuple(str(args.get(k)) for k in ("model", "data", "pretrained", "task"))
+        if key not in seen:
+            seen.add(key)
+            check_inputs(str(args["model"]), args)

@@ -132,5 +132,6 @@ def build_summary(header: dict, records: list[dict], flags: list[Flag], complete
         "layer_stats": layer_table(layers_frame, layers) if layers and layers_frame is not None else [],
         "depth": run_depth(records, header) if layers else {},
         "train": header.get("train") or {},
+        "data": header.get("data") or {},
         "config": cfg,
     }

@@ -10,6 +10,7 @@ from ultralytics.utils import LOGGER
 
 from ..config import PREFIX
 from ..judge.rules import Flag
+from ..record.dataset import describe_data
 from ..record.outputs import TrainEnd
 from .html import REPORT_NAME
 from .sink import RunInfo, Sink
@@ -58,7 +59,8 @@ def print_end(summary: dict, where: str, report: Path | None = None) -> None:
         summary.get("verdict", "too few steps to judge") if summary.get("too_few_steps")
         else f"{len(summary['flagged_modules'])} module(s) flagged"
     )
-    LOGGER.info(f"\n{PREFIX}{n} optimizer step(s) logged, {verdict}. Medians over logged steps:")
+    LOGGER.info(f"\n{PREFIX}{n} optimizer step(s) logged on {describe_data(summary.get('data'))}, {verdict}. "
+                "Medians over logged steps:")
     for line in format_table(summary):
         LOGGER.info(f"  {line}")
     LOGGER.info(f"{PREFIX}results in {where}")

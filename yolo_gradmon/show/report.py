@@ -16,6 +16,7 @@ from typing import Mapping
 import polars as pl
 
 from ..config import GradmonConfig
+from ..record.dataset import describe_data
 from ..record.outputs import TrainEnd
 from .depth_figures import flow_profile_png, health_png
 from .figures import CURVES_NAME, HEATMAP_NAME, curves_png, curves_title, heatmap_png, run_label
@@ -74,6 +75,7 @@ def _facts(summary: dict, steps: pl.DataFrame | None, log_path: Path) -> list[tu
     rows = [
         ("model", str(summary.get("model")), ""),
         ("task", str(summary.get("task")), ""),
+        ("data", describe_data(summary.get("data")), "bad" if (summary.get("data") or {}).get("generated") else ""),
         ("granularity", f"{summary.get('granularity')} ({len(summary.get('modules') or [])} modules)", ""),
         ("log every", f"{summary.get('log_every')} optimizer step(s)", ""),
         ("steps logged", f"{summary.get('steps_logged')}" + (f" (steps {first}–{last})" if first is not None else ""), ""),
@@ -230,7 +232,8 @@ def _html_page(summary: dict, steps: pl.DataFrame | None, log_path: Path, images
     body = (
         f"<h1>Gradient monitor report</h1><p class=\"muted\">{esc(what)} · generated {esc(generated)} from "
         f"{esc(log_path.name)}</p>"
-        f'<p class="verdict {vclass}">{esc(verdict)}</p>'
+        f'<p class="verdict {vclass}">{esc(verdict)}<br><small>data: {esc(describe_data(summary.get("data")))}'
+        "</small></p>"
         f"<h2>Flags ({len(flags)})</h2>{flags_html}"
         f"{figs}"
         f"<h2>Run</h2>{facts}"

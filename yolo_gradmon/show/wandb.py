@@ -73,7 +73,7 @@ class WandbSink(Sink):
     def start(self, info: RunInfo) -> None:
         self.info = info
         run = self.wb.run
-        gradmon = {"gradmon": info.cfg.to_dict()}
+        gradmon = {"gradmon": info.cfg.to_dict(), "gradmon_data": info.header.get("data") or {}}  # which dataset
         if run is None:
             self._hook_teardown(info.callbacks)  # a no-op unless the run below opens (then owned here)
             args = info.trainer_args
