@@ -27,7 +27,10 @@ LOG_NAME = "gradients.jsonl"
 MODULE_COLUMNS = ("grad_norm", "weight_norm", "grad_to_weight", "update_to_weight", "max_abs_grad", "nonfinite")
 # Optional per-layer arrays of a ``step`` line, aligned with the header's ``layers`` (every top-level layer, with or
 # without parameters); absent in logs written without the flow / activation-health signals (same schema version).
-LAYER_COLUMNS = ("flow_norm", "flow_attenuation", "act_saturated", "act_dead")
+LAYER_COLUMNS = ("flow_norm", "flow_attenuation", "act_saturated", "act_dead", "gns_small_sq", "gns_big_sq")
+# Optional per-step scalars of the gradient noise scale (with its per-layer gns_*_sq above; measure/noise.py): absent
+# on steps with one micro-batch (accumulate 1) and in logs written with noise_scale=false.
+NOISE_STEP_COLUMNS = ("gns_small_total", "gns_big_total", "gns_small_batch", "gns_big_batch")
 
 
 class LogSchemaError(ValueError):

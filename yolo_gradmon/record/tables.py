@@ -16,8 +16,9 @@ import polars as pl
 from ..config import GradmonConfig
 from ..judge.rules import Flag, evaluate
 from .depth import run_depth
-from .logfile import (LAYER_COLUMNS, LOG_NAME, MODULE_COLUMNS, SCHEMA_VERSION, dumps, find_in_run, finite_or_none,
-                      plain, read_log)
+from .logfile import (LAYER_COLUMNS, LOG_NAME, MODULE_COLUMNS, NOISE_STEP_COLUMNS, SCHEMA_VERSION, dumps, find_in_run,
+                      finite_or_none, plain, read_log)
+from .noise import noise_summary
 
 LAYERS_PARQUET_NAME = "layers.parquet"
 PARQUET_NAME = "gradients.parquet"
@@ -86,6 +87,7 @@ def step_frame(records: list[dict]) -> pl.DataFrame:
         "total_norm": pl.Float64,
         "clip_active": pl.Boolean,
         "warmup": pl.Boolean,
+        **{c: pl.Float64 for c in NOISE_STEP_COLUMNS},
     }
     rows = []
     for r in records:
@@ -222,6 +224,7 @@ def build_summary(header: dict, records: list[dict], flags: list[Flag], complete
         "layer_stats": layer_table(records, layers) if layers else [],
         "depth": run_depth(records, header) if layers else {},
         "train": header.get("train") or {},
+        "noise_scale": noise_summary(header, records),
         "config": cfg,
     }
 
