@@ -111,6 +111,7 @@ from ..record.depth import layer_profile, step_depth
 from ..record.logfile import dumps, finite_or_none
 from ..record.tables import module_frame
 from .sink import History, RunInfo, Sink
+from .noise import WandbNoiseRows
 
 STEP_KEY = "gradients/step"
 ALERT_KINDS = {"nonfinite": "ERROR", "exploding": "WARN", "vanishing": "WARN"}
@@ -208,6 +209,7 @@ class WandbSink(Sink):
         self._held: dict[str, _Held] = {}  # requested families not streamed yet (constant so far)
         self._finished = False
         self._media_dir: Path | None = None
+        self._noise = WandbNoiseRows()  # the noise-scale curve key and per-layer chart (show/noise.py)
 
     # ------------------------------------------------------------------ events
     def start(self, info: RunInfo) -> None:
@@ -285,10 +287,12 @@ class WandbSink(Sink):
         self._drain()
         flags = summary.get("flags") or []  # resumed flags too
         row = self._media_row(history.records, flags, None, summary.get("media"))
+        row.update(self._noise.final(summary, self.wb))
         if self.last_step is not None:
             row[STEP_KEY] = self.last_step
         self._log(row)
-        self.run.summary.update(_summary_fields(summary, self.alerts_sent, history.records, self.info))
+        self.run.summary.update(_summary_fields(summary, self.alerts_sent, history.records, self.info)
+                                | self._noise.summary_fields(summary))
         self._finished = True
         if self.owns_run:
             self.run.finish()
@@ -323,6 +327,7 @@ class WandbSink(Sink):
                 row[key] = depth[field]
         if depth["weakest_layer"] is not None:
             row[WEAKEST_LAYER_KEY] = self.info.layers.index(depth["weakest_layer"])
+        row.update(self._noise.step(record))
         return row
 
     def _layer_scalars(self, record: dict, row: dict) -> list[dict]:
