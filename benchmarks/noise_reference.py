@@ -135,8 +135,9 @@ def window_estimate(model, pool, b: int, k: int, w: int, seed: int) -> dict:
     noise.remove()
     model.zero_grad(set_to_none=True)
     wins = windows(records)
-    p = pooled(*_arrays(wins), seed=seed)
-    return {"seed": seed, **p}
+    g2, tr = _arrays(wins)
+    p = pooled(g2, tr, seed=seed)
+    return {"seed": seed, **p, "window_g2": g2.tolist(), "window_trace": tr.tolist()}
 
 
 def main() -> None:
