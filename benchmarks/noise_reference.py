@@ -140,6 +140,26 @@ def window_estimate(model, pool, b: int, k: int, w: int, seed: int) -> dict:
     return {"seed": seed, **p, "window_g2": g2.tolist(), "window_trace": tr.tolist()}
 
 
+def _g(v) -> str:
+    return "–" if v is None or not math.isfinite(v) else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
+
+
+def markdown(rows: list[dict]) -> str:
+    """The comparison table: one line per (model, pool, seed)."""
+    out = ["| model | pool (images) | reference B_simple ± s.e. (M micro-batches) | seed | estimate | 95% interval | "
+           "95% lower bound | estimate / reference | bound <= reference |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = r["reference"]
+        for e in r["estimates"]:
+            shown = f"≥ {_g(e['lower95'])}" if e["bound_only"] else _g(e["b_simple"])
+            ratio = "–" if e["bound_only"] or not e["b_simple"] else f"{e['b_simple'] / ref['b_simple']:.2f}"
+            ok = "yes" if (e["lower95"] or 0) <= ref["b_simple"] else "NO"
+            out.append(f"| {Path(r['model']).stem} | {r['pool']} | {_g(ref['b_simple'])} ± {_g(ref['b_simple_se'])} "
+                       f"({ref['m']}) | {e['seed']} | {shown} | {_g(e['ci95'][0])}–{_g(e['ci95'][1]) if e['ci95'][1] else '∞'} | "
+                       f"{_g(e['lower95'])} | {ratio} | {ok} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/shared/datasets", help="directory holding coco8/ and coco128/")
@@ -152,7 +172,11 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=64, help="micro-batches of the reference")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="noise_reference.json")
+    ap.add_argument("--table", default=None, metavar="JSON", help="only print the markdown table of a result file")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     rows = []
     for cfg in args.models.split(","):
@@ -171,6 +195,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(plain(row)), flush=True)
     Path(args.out).write_text(json.dumps(plain(rows), indent=1))
+    print(markdown(json.loads(Path(args.out).read_text())))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,20 @@ class Timer:
         tr.optimizer_step = outer
 
 
+class NoiseClock:
+    """Time inside the noise scale's own calls (``NoiseProbe.read_small``, ``device_parts``, ``host_fields``): its
+    direct cost, robust to the machine's noise (the rest of the monitor is the same with it on or off)."""
+
+    seconds = 0.0
+
+    @classmethod
+    def install(cls) -> None:
+        from yolo_gradmon.measure.noise import NoiseProbe
+
+        for name in ("read_small", "device_parts", "host_fields", "_count"):
+            setattr(NoiseProbe, name, timed_into(cls, getattr(NoiseProbe, name)))
+
+
 class BatchStartClock:
     """Time inside the monitor's ``on_train_batch_start`` (arming hooks; the noise scale's first-micro-batch read)."""
 
@@ -299,6 +313,7 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     HookClock.install()
     WatchClock.install()
+    NoiseClock.install()
     global ALT_SINK
     from yolo_gradmon.show.wandb import WandbSink
 
@@ -318,6 +333,8 @@ def measure(args) -> dict:
     times = {v: [] for v in variants}
     added = {v: [] for v in variants}
     sink_s = {v: [] for v in variants}
+    noise_s = {v: [] for v in variants}
+    rep_medians = {v: [] for v in variants}
     acc = args.accumulate
     for _ in range(2):  # warm-up
         train_step(tr, batch, acc)
@@ -335,6 +352,7 @@ def measure(args) -> dict:
                     a0 = (timer.added if timer else 0.0) + HookClock.seconds + BatchStartClock.seconds
                     s0 = SinkClock.seconds
                     w0 = WatchClock.seconds
+                    n0 = NoiseClock.seconds
                     t0 = time.perf_counter()
                     train_step(tr, batch, acc, start)  # start() arms the flow/health hooks for each pass
                     if tr.device.type == "cuda":
@@ -343,8 +361,11 @@ def measure(args) -> dict:
                     if timer:
                         added[v].append(timer.added + HookClock.seconds + BatchStartClock.seconds - a0)
                         sink_s[v].append(SinkClock.seconds - s0)
+                        noise_s[v].append(NoiseClock.seconds - n0)
                     if v == "wandb.watch":
                         added[v].append(WatchClock.seconds - w0)
+        for v in variants:
+            rep_medians[v].append(statistics.median(times[v][-timed_steps(v, args.steps):]))
         print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{v}={statistics.median(times[v]) * 1e3:.1f}ms" for v in variants), flush=True)
     base = statistics.median(times["plain"])
     watch_added = statistics.median(times["wandb.watch"]) - base if "wandb.watch" in times else None
@@ -359,7 +380,12 @@ def measure(args) -> dict:
     for v in variants:
         med = statistics.median(times[v])
         row = {"median_step_s": med, "ratio_to_plain": med / base, "mean_step_s": statistics.mean(times[v]),
-               "mean_ratio_to_plain": statistics.mean(times[v]) / base_mean, "timed_steps": len(times[v])}
+               "mean_ratio_to_plain": statistics.mean(times[v]) / base_mean, "timed_steps": len(times[v]),
+               "rep_median_step_s": [min(rep_medians[v]), max(rep_medians[v])]}  # spread: range of per-rep medians
+        if any(noise_s[v]):  # the noise scale's own time per optimizer step (NoiseClock)
+            ns = sorted(noise_s[v])
+            row.update(noise_s=statistics.mean(ns), noise_median_s=statistics.median(ns),
+                       noise_p10_p90_s=[ns[len(ns) // 10], ns[(9 * len(ns)) // 10]], noise_fraction=statistics.mean(ns) / base)
         if v == "wandb.watch" and added[v]:
             row["watch_own_s"] = watch_own  # inside its gradient hooks; a lower bound of what it adds (see ratio)
             row["watch_own_fraction"] = watch_own / base
@@ -466,6 +492,8 @@ def main():
             add = f"{r['monitor_added_s'] * 1e3:.2f} ms ({r['monitor_added_fraction'] * 100:.2f}%)" if "monitor_added_s" in r else ""
             if "watch_own_s" in r:
                 add = f"hooks {r['watch_own_s'] * 1e3:.2f} ms ({r['watch_own_fraction'] * 100:.2f}%)"
+            if "noise_s" in r:
+                add += f"  noise scale {r['noise_s'] * 1e3:.2f} ms ({r['noise_fraction'] * 100:.3f}%)"
             if "wandb_sink_s" in r:
                 add += f"  W&B sink {r['wandb_sink_s'] * 1e3:.2f} ms/step (median {r['wandb_sink_median_s'] * 1e3:.2f})"
             print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} "
