@@ -155,7 +155,7 @@ def markdown(rows: list[dict]) -> str:
             ratio = "–" if e["bound_only"] or not e["b_simple"] else f"{e['b_simple'] / ref['b_simple']:.2f}"
             ok = "yes" if (e["lower95"] or 0) <= ref["b_simple"] else "NO"
             out.append(f"| {Path(r['model']).stem} | {r['pool']} | {_g(ref['b_simple'])} ± {_g(ref['b_simple_se'])} "
-                       f"({ref['m']}) | {e['seed']} | {shown} | {_g(e['ci95'][0])}–{_g(e['ci95'][1]) if e['ci95'][1] else '∞'} | "
+                       f"({ref['m']}) | {e['seed']} | {shown} | {_g(e['ci95'][0]) if e['ci95'][0] else '∞'}–{_g(e['ci95'][1]) if e['ci95'][1] else '∞'} | "
                        f"{_g(e['lower95'])} | {ratio} | {ok} |")
     return "\n".join(out)
 
