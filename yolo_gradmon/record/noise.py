@@ -31,6 +31,8 @@ EMA_BETA = 0.9
 MIN_FINAL_WINDOWS = 16
 """The headline pools the last epoch's windows, extended back to at least this many windows."""
 N_BOOT = 2000
+MIN_WINDOWS_FOR_NUMBER = 8
+"""Fewer pooled windows than this give a lower bound only: a bootstrap over a handful of windows understates the spread."""
 NOISY_SNR = 1.0
 """A layer whose signal-to-noise ratio at the effective batch is below this (95% upper bound) receives mostly noise."""
 
@@ -102,7 +104,7 @@ def pooled(g2: np.ndarray, tr: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) 
     lo, hi, low95 = (float(np.quantile(bb, q, method="inverted_cdf")) for q in (0.025, 0.975, 0.05))
     out.update(g2=G, trace=T, b_simple=(max(T, 0.0) / G) if G > 0 else None,
                ci95=[finite_or_none(lo), finite_or_none(hi)], lower95=min(low95, lower_bound(g2, tr)),
-               bound_only=not math.isfinite(hi) or G <= 0)
+               bound_only=not math.isfinite(hi) or G <= 0 or n < MIN_WINDOWS_FOR_NUMBER)
     return out
 
 

@@ -99,7 +99,8 @@ class WandbNoiseRows:
             return {}
         f = s.get("final") or {}
         out = {"gradmon/noise_scale_line": s.get("line")}
-        for key, v in (("noise_scale", s.get("median_last_epoch")), ("noise_scale_lower95", f.get("lower95"))):
+        number = None if f.get("bound_only") else s.get("median_last_epoch")  # a bound is never shown as a number
+        for key, v in (("noise_scale", number), ("noise_scale_lower95", f.get("lower95"))):
             if v is not None:
                 out[f"gradmon/{key}"] = float(v)
         out["gradmon/noise_scale_bound_only"] = bool(f.get("bound_only"))
