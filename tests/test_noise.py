@@ -269,3 +269,13 @@ def test_yolo_window_estimate_against_the_brute_force_reference(datasets_dir, cf
             assert est["lower95"] <= ref["b_simple"]
             if measurable and not est["bound_only"]:
                 assert 1 / 3 < est["b_simple"] / ref["b_simple"] < 3
+
+
+def test_off_under_compile_and_by_option():
+    from yolo_gradmon.measure.probe import ModelProbe
+
+    assert ModelProbe(Toy(), GradmonConfig()).noise is not None
+    assert ModelProbe(Toy(), GradmonConfig(), compiled=True).noise is None  # a pre-hook would break the graph
+    assert ModelProbe(Toy(), GradmonConfig(noise_scale=False)).noise is None
+    header = {"layers": ["0.Linear"], "noise_scale": False, "config": GradmonConfig().to_dict(), "train": {}}
+    assert "compile=True" in noise_summary(header, [])["reason"]

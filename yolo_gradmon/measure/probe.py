@@ -33,7 +33,7 @@ class ModelProbe:
         self.depth = DepthSignals(model, cfg, compiled=compiled, scale_fn=scale_fn)
         self.capture.extra_sources = self.depth.sources_for_capture
         self.noise: NoiseProbe | None = None
-        if cfg.noise_scale and self.depth.names:
+        if cfg.noise_scale and self.depth.names and not compiled:  # its pre-hook would break a compiled graph
             self.noise = NoiseProbe(model, self.layout, scale_fn=scale_fn, world_size=world_size)
             self.noise.capture = self.capture
             self.capture.extra_sources.append(self.noise)

@@ -153,8 +153,10 @@ def layer_snr(wins: Sequence[dict], layers: Sequence[str], batch: int, seed: int
 def unmeasured_reason(header: dict, records: Sequence[dict]) -> str:
     """Why a run has no noise scale, and what would make it measurable."""
     cfg = header.get("config") or {}
-    if cfg.get("noise_scale") is False or header.get("noise_scale") is False:
+    if cfg.get("noise_scale") is False:
         return "not measured: noise_scale=false"
+    if header.get("noise_scale") is False:
+        return "not measured: off under compile=True, or the model has no Ultralytics layer list (model.model)"
     t = header.get("train") or {}
     batch, nbs, acc = t.get("batch"), t.get("nbs"), t.get("accumulate")
     if acc == 1 or (batch and nbs and batch >= nbs):
