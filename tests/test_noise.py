@@ -279,3 +279,19 @@ def test_off_under_compile_and_by_option():
     assert ModelProbe(Toy(), GradmonConfig(noise_scale=False)).noise is None
     header = {"layers": ["0.Linear"], "noise_scale": False, "config": GradmonConfig().to_dict(), "train": {}}
     assert "compile=True" in noise_summary(header, [])["reason"]
+
+
+def test_mostly_noise_names_the_noisy_layer_only():
+    rng = np.random.default_rng(3)
+    recs = []
+    for step in range(1, 41):
+        # layer 0: |G|² = 5, tr(Σ) = 40 (SNR at 16: 2); layer 1: |G|² = 0, tr(Σ) = 400 (SNR 0)
+        s0, b0 = 5 + 40 / 4 * rng.uniform(0.9, 1.1), 5 + 40 / 16 * rng.uniform(0.9, 1.1)
+        s1, b1 = 400 / 4 * rng.uniform(0.8, 1.2), 400 / 16 * rng.uniform(0.8, 1.2)
+        recs.append({"step": step, "epoch": 1, "gns_small_batch": 4, "gns_big_batch": 16, "gns_small_total": s0 + s1,
+                     "gns_big_total": b0 + b1, "gns_small_sq": [s0, s1, None], "gns_big_sq": [b0, b1, None]})
+    header = {**_header(4, 16), "layers": ["00.Conv", "01.Conv", "02.Concat"]}
+    s = noise_summary(header, recs)
+    by = {r["layer"]: r for r in s["layers"]}
+    assert s["noisy_layers"] == ["01.Conv"] and set(by) == {"00.Conv", "01.Conv"}  # no parameters: no row
+    assert 1.2 < by["00.Conv"]["snr"] < 3.5 and not by["00.Conv"]["mostly_noise"]
