@@ -11,6 +11,8 @@ health on every 10th logged step, so each repetition times 10 of its steps).
     python benchmarks/overhead.py --model yolo26n.yaml --batch 16 --imgsz 640
     python benchmarks/overhead.py --model yolo11n.yaml --batch 1 --imgsz 320 --reps 15
     python benchmarks/overhead.py --scaling          # capture cost vs parameter count (n/s/m) + memory bandwidth
+    python benchmarks/overhead.py --batch 1 --imgsz 320 --accumulate 4 --variants layer-local local-nonoise \
+        --no-watch                                   # the noise scale on vs off (it needs accumulate >= 2)
     python benchmarks/overhead.py --model yolo26n.yaml --batch 1 --imgsz 320 --data coco8.yaml \
         --variants default --no-watch --wandb-sink-file /tmp/old_wandb.py   # W&B sink: this one vs another copy
 
@@ -81,12 +83,17 @@ def fixed_batch(tr, batch: int):
     return tr.preprocess_batch(out)
 
 
-def train_step(tr, batch):
+def train_step(tr, batch, accumulate: int = 1, before_pass=None):
+    """One optimizer step of ``accumulate`` forward/backward passes (``before_pass()`` runs before each: the
+    monitor's ``on_train_batch_start``, where the noise scale reads the first micro-batch's gradient)."""
     from ultralytics.utils.torch_utils import autocast
 
-    with autocast(tr.amp, device=tr.device.type):
-        loss, _ = tr.model(batch)
-    tr.scaler.scale(loss.sum()).backward()
+    for _ in range(accumulate):
+        if before_pass is not None:
+            before_pass()
+        with autocast(tr.amp, device=tr.device.type):
+            loss, _ = tr.model(batch)
+        tr.scaler.scale(loss.sum()).backward()
     tr.optimizer_step()
 
 
@@ -114,6 +121,26 @@ class Timer:
         # route the monitor's call of the original through the timer
         closure_swap(inner, original, timed_original)
         tr.optimizer_step = outer
+
+
+class NoiseClock:
+    """Time inside the noise scale's own calls (``NoiseProbe.read_small``, ``device_parts``, ``host_fields``): its
+    direct cost, robust to the machine's noise (the rest of the monitor is the same with it on or off)."""
+
+    seconds = 0.0
+
+    @classmethod
+    def install(cls) -> None:
+        from yolo_gradmon.measure.noise import NoiseProbe
+
+        for name in ("read_small", "device_parts", "host_fields", "_count"):
+            setattr(NoiseProbe, name, timed_into(cls, getattr(NoiseProbe, name)))
+
+
+class BatchStartClock:
+    """Time inside the monitor's ``on_train_batch_start`` (arming hooks; the noise scale's first-micro-batch read)."""
+
+    seconds = 0.0
 
 
 def timed_into(clock, fn):
@@ -214,6 +241,7 @@ VARIANTS = {
     "layer-grads-update1": {"flow": False, "activation_health": False, "wandb": False, "update_every": 1},
     "layer-grads-noupdate": {"flow": False, "activation_health": False, "wandb": False, "update_ratio": False},
     "layer-local": {"wandb": False},  # the default without the W&B sink
+    "local-nonoise": {"wandb": False, "noise_scale": False},  # ... and without the noise scale (run with --accumulate)
     "layer-flow": {"activation_health": False, "wandb": False, "flow_every": 1},
     "layer-health": {"flow": False, "wandb": False, "health_every": 1},
     "module": {"granularity": "module", "flow": False, "activation_health": False, "wandb": False},
@@ -285,6 +313,7 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     HookClock.install()
     WatchClock.install()
+    NoiseClock.install()
     global ALT_SINK
     from yolo_gradmon.show.wandb import WandbSink
 
@@ -304,40 +333,46 @@ def measure(args) -> dict:
     times = {v: [] for v in variants}
     added = {v: [] for v in variants}
     sink_s = {v: [] for v in variants}
+    noise_s = {v: [] for v in variants}
+    rep_medians = {v: [] for v in variants}
+    acc = args.accumulate
     for _ in range(2):  # warm-up
-        train_step(tr, batch)
+        train_step(tr, batch, acc)
     for rep in range(args.reps):
         order = variants if rep % 2 == 0 else list(reversed(variants))
         for v in order:
             with variant(v, tr, work) as timer:
-                if timer:
-                    timer.monitor.on_train_batch_start(tr)
-                train_step(tr, batch)  # untimed first step of the variant (logged step 1: a sampled one)
+                start = None
+                if timer:  # the monitor's batch-start callback, timed into its own time (the noise scale's read)
+                    start = timed_into(BatchStartClock, lambda mon=timer.monitor: mon.on_train_batch_start(tr))
+                train_step(tr, batch, acc, start)  # untimed first step of the variant (logged step 1: a sampled one)
                 for _ in range(timed_steps(v, args.steps)):
                     if tr.device.type == "cuda":
                         torch.cuda.synchronize()
-                    a0 = (timer.added if timer else 0.0) + HookClock.seconds
+                    a0 = (timer.added if timer else 0.0) + HookClock.seconds + BatchStartClock.seconds
                     s0 = SinkClock.seconds
                     w0 = WatchClock.seconds
+                    n0 = NoiseClock.seconds
                     t0 = time.perf_counter()
-                    if timer:
-                        timer.monitor.on_train_batch_start(tr)  # arms the flow/health hooks for this batch
-                    train_step(tr, batch)
+                    train_step(tr, batch, acc, start)  # start() arms the flow/health hooks for each pass
                     if tr.device.type == "cuda":
                         torch.cuda.synchronize()
                     times[v].append(time.perf_counter() - t0)
                     if timer:
-                        added[v].append(timer.added + HookClock.seconds - a0)
+                        added[v].append(timer.added + HookClock.seconds + BatchStartClock.seconds - a0)
                         sink_s[v].append(SinkClock.seconds - s0)
+                        noise_s[v].append(NoiseClock.seconds - n0)
                     if v == "wandb.watch":
                         added[v].append(WatchClock.seconds - w0)
+        for v in variants:
+            rep_medians[v].append(statistics.median(times[v][-timed_steps(v, args.steps):]))
         print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{v}={statistics.median(times[v]) * 1e3:.1f}ms" for v in variants), flush=True)
     base = statistics.median(times["plain"])
     watch_added = statistics.median(times["wandb.watch"]) - base if "wandb.watch" in times else None
     watch_own = statistics.mean(added["wandb.watch"]) if added.get("wandb.watch") else None
     result = {
         "model": args.model, "batch": args.batch, "imgsz": args.imgsz, "device": args.device,
-        "threads": args.threads, "reps": args.reps, "steps_per_rep": args.steps,
+        "threads": args.threads, "reps": args.reps, "steps_per_rep": args.steps, "accumulate": acc,
         "params": sum(p.numel() for p in tr.model.parameters()),
         "variants": {},
     }
@@ -345,7 +380,12 @@ def measure(args) -> dict:
     for v in variants:
         med = statistics.median(times[v])
         row = {"median_step_s": med, "ratio_to_plain": med / base, "mean_step_s": statistics.mean(times[v]),
-               "mean_ratio_to_plain": statistics.mean(times[v]) / base_mean, "timed_steps": len(times[v])}
+               "mean_ratio_to_plain": statistics.mean(times[v]) / base_mean, "timed_steps": len(times[v]),
+               "rep_median_step_s": [min(rep_medians[v]), max(rep_medians[v])]}  # spread: range of per-rep medians
+        if any(noise_s[v]):  # the noise scale's own time per optimizer step (NoiseClock)
+            ns = sorted(noise_s[v])
+            row.update(noise_s=statistics.mean(ns), noise_median_s=statistics.median(ns),
+                       noise_p10_p90_s=[ns[len(ns) // 10], ns[(9 * len(ns)) // 10]], noise_fraction=statistics.mean(ns) / base)
         if v == "wandb.watch" and added[v]:
             row["watch_own_s"] = watch_own  # inside its gradient hooks; a lower bound of what it adds (see ratio)
             row["watch_own_fraction"] = watch_own / base
@@ -431,6 +471,8 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-watch", action="store_true", help="skip the wandb.watch peer")
+    ap.add_argument("--accumulate", type=int, default=1,
+                    help="forward/backward passes per optimizer step (the noise scale needs >= 2; Ultralytics: nbs/batch)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="monitor variants to run (default: all)")
     ap.add_argument("--wandb-sink-file", default=None, metavar="PATH",
                     help="also run each W&B variant with this copy of yolo_gradmon/show/wandb.py (variant <name>@alt), "
@@ -439,7 +481,8 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     res = scaling(args) if args.scaling else measure(args)
-    name = "scaling" if args.scaling else f"overhead-{Path(args.model).stem}-b{args.batch}-{args.imgsz}"
+    name = "scaling" if args.scaling else (f"overhead-{Path(args.model).stem}-b{args.batch}-{args.imgsz}"
+                                           + (f"-acc{args.accumulate}" if args.accumulate > 1 else ""))
     out = Path(args.out or Path(__file__).parent / "results" / f"{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
@@ -449,6 +492,8 @@ def main():
             add = f"{r['monitor_added_s'] * 1e3:.2f} ms ({r['monitor_added_fraction'] * 100:.2f}%)" if "monitor_added_s" in r else ""
             if "watch_own_s" in r:
                 add = f"hooks {r['watch_own_s'] * 1e3:.2f} ms ({r['watch_own_fraction'] * 100:.2f}%)"
+            if "noise_s" in r:
+                add += f"  noise scale {r['noise_s'] * 1e3:.2f} ms ({r['noise_fraction'] * 100:.3f}%)"
             if "wandb_sink_s" in r:
                 add += f"  W&B sink {r['wandb_sink_s'] * 1e3:.2f} ms/step (median {r['wandb_sink_median_s'] * 1e3:.2f})"
             print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} "

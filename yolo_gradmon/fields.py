@@ -71,6 +71,13 @@ FIELDS: tuple[Field, ...] = (
           chart=True),
     Field("act_saturated", LAYER, label="saturated-unit fraction", sampled=True, optional=True, chart=True),
     Field("act_dead", LAYER, label="dead-channel fraction", sampled=True, optional=True, chart=True),
+    # the gradient noise scale (measure/noise.py): on logged steps with two or more micro-batches
+    Field("gns_small_sq", LAYER, sampled=True, optional=True),  # ‖g‖² per image² after the first micro-batch
+    Field("gns_big_sq", LAYER, sampled=True, optional=True),  # ‖g‖² per image² of the accumulated gradient
+    Field("gns_small_total", STEP, sampled=True, optional=True),
+    Field("gns_big_total", STEP, sampled=True, optional=True),
+    Field("gns_small_batch", STEP, sampled=True, optional=True),  # images in the first micro-batch
+    Field("gns_big_batch", STEP, sampled=True, optional=True),  # images in the accumulation window
 )
 BY_NAME = {f.name: f for f in FIELDS}
 STEP_FIELDS = tuple(f.name for f in FIELDS if f.per == STEP)

@@ -257,7 +257,8 @@ class GradientMonitor:
         if self._probe is not None:
             self._probe.remove()
         scale = lambda: amp_scale_tensor(getattr(trainer, "scaler", None))  # noqa: E731 - AMP scale of each backward
-        return ModelProbe(unwrap_model(trainer.model), self.cfg, compiled=compiled(trainer), scale_fn=scale)
+        return ModelProbe(unwrap_model(trainer.model), self.cfg, compiled=compiled(trainer), scale_fn=scale,
+                          world_size=int(getattr(trainer, "world_size", 1) or 1))
 
     def _model_replaced(self, trainer) -> None:
         """A callback replaced ``trainer.model`` mid-run: finish the old model's record, re-hook the new one."""

@@ -57,7 +57,18 @@ def gradient_columns(summary: dict) -> dict[str, Any]:
         "too_few_steps": bool(summary.get("too_few_steps")),
         "epochs": summary.get("epochs"),
         "verdict": summary.get("verdict"),
+        **noise_columns(summary),
     }
+
+
+def noise_columns(summary: dict) -> dict[str, Any]:
+    """The variant's gradient noise scale (record/noise.noise_summary): ``noise_scale`` (B_simple, images; None when
+    only a bound is known) and ``noise_scale_lower95`` (its one-sided 95% lower bound)."""
+    s = summary.get("noise_scale") or {}
+    f = s.get("final") or {}
+    bound = bool(f.get("bound_only")) or s.get("median_last_epoch") is None
+    return {"noise_scale": None if bound else s.get("median_last_epoch"),
+            "noise_scale_lower95": f.get("lower95") if s.get("measured") else None}
 
 
 def gradmon_dir_of(row: dict, out_dir: Path) -> Path:
@@ -240,6 +251,7 @@ _PAGE_COLUMNS = (  # (header, row key, format)
     ("first-layer flow / head", "early_flow", "num"),
     ("weakest layer (flow / head)", "weakest_layer", "weakest"),
     ("flagged modules", "flagged_modules", "flags"),
+    ("noise scale B_simple (images)", "noise_scale", "noise"),
     ("mAP50-95", "map50_95", "num"),
     ("time", "wall_time_s", "time"),
 )
@@ -262,6 +274,9 @@ def _cell(r: dict, key: str, fmt: str) -> str:
         return "–" if v is None else (f"{v / 60:.1f} min" if v >= 90 else f"{v:.0f} s")
     if fmt == "num":
         return num(v, 3)
+    if fmt == "noise":
+        low = r.get("noise_scale_lower95")
+        return f"≈ {num(v, 3)}" if v is not None else (f"≥ {num(low, 3)}" if low is not None else "–")
     return "" if v is None else str(v)
 
 

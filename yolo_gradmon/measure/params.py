@@ -100,6 +100,7 @@ class GradientCapture:
         # more on-device signals riding the logged step's one sync: objects with device_parts() -> {name: tensor}
         # and host_fields({name: array}) -> record fields (see .flow.FlowHooks, .health.ActivationHealth)
         self.extra_sources: list = []
+        self.last_grad_sq: torch.Tensor | None = None  # the last logged step's per-module squared gradient norms
 
     # ------------------------------------------------------------------ public
     def step(
@@ -188,6 +189,7 @@ class GradientCapture:
         parts = [grad_sq, weight_sq, max_abs]
         if scale is not None:
             parts.append(scale.float().reshape(1))
+        self.last_grad_sq = grad_sq  # per module, AMP scale removed: the big batch of .noise.NoiseProbe
         extra = {k: t for src in self.extra_sources for k, t in src.device_parts().items()}
         parts += list(extra.values())
         if self._pending is not None:

@@ -5,7 +5,9 @@ monitor's measurements run.
 - the update/weight ratio: every ``update_every``-th logged step (evidence only, it decides no flag);
 - activation health: every ``health_every``-th logged step (it names a flag's cause; the last sample is used between);
 - gradient flow: every ``flow_every``-th forward/backward pass of logged steps (with accumulation every logged step
-  keeps some passes; with one pass per step it is every ``flow_every``-th logged step).
+  keeps some passes; with one pass per step it is every ``flow_every``-th logged step);
+- the gradient noise scale: every logged step whose window has at least two passes (the first micro-batch's gradient
+  is read before the second pass, ``noise_read``).
 
 Logged steps are counted from 0 (``k``), so the first logged step measures everything. The schedule also tracks
 the trainer's batch index within the epoch, which places each step inside or after Ultralytics' warm-up.
@@ -34,6 +36,8 @@ class PassPlan:
 
     flow: bool
     health: bool
+    window_start: bool = False  # the first pass of an optimizer step's window
+    noise_read: bool = False  # before this pass: read the window's first micro-batch gradient (noise scale)
 
 
 class Schedule:
@@ -54,6 +58,7 @@ class Schedule:
         self.batches_per_epoch = 1
         self.warmup_iterations = 0
         self.epoch = 0
+        self.window_passes = 0  # forward/backward passes since the last optimizer step
 
     # ------------------------------------------------------------------ the rules
     def is_logged(self, step: int) -> bool:
@@ -84,12 +89,16 @@ class Schedule:
         logged = self.is_logged(coming)
         flow = logged and self.flow_passes % self.cfg.flow_every == 0
         self.flow_passes += logged
-        return PassPlan(flow=flow, health=self.measures_health(coming))
+        start, second = self.window_passes == 0, self.window_passes == 1
+        self.window_passes += 1
+        return PassPlan(flow=flow, health=self.measures_health(coming), window_start=start,
+                        noise_read=second and logged and self.cfg.noise_scale)
 
     def next_step(self) -> StepPlan:
         """The trainer's optimizer step runs: count it and return what it measures."""
         self.step += 1
         self.steps_this_run += 1
+        self.window_passes = 0
         step = self.step
         logged = self.is_logged(step)
         warmup = None

@@ -15,6 +15,7 @@ from ..config import GradmonConfig
 from ..judge.rules import Flag
 from .depth import run_depth
 from .logfile import SCHEMA_VERSION
+from .noise import noise_summary
 from .tables import layer_table, module_table
 
 
@@ -133,5 +134,6 @@ def build_summary(header: dict, records: list[dict], flags: list[Flag], complete
         "depth": run_depth(records, header) if layers else {},
         "train": header.get("train") or {},
         "data": header.get("data") or {},
+        "noise_scale": noise_summary(header, records),
         "config": cfg,
     }

@@ -128,7 +128,7 @@ def depth_profile_png(
     return save_figure(fig, path)
 
 
-def _layer_ticks(ax, layers: Sequence[str], flagged: set[str]) -> None:
+def layer_ticks(ax, layers: Sequence[str], flagged: set[str]) -> None:
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=7, fontfamily="monospace")
     for tick, name in zip(ax.get_xticklabels(), layers):
@@ -184,7 +184,7 @@ def flow_profile_png(
         ax.annotate(f"vanishing below {threshold:g}", (0.0, threshold), xycoords=("axes fraction", "data"),
                     xytext=(3, 3), textcoords="offset points", fontsize=7, color=NONFINITE_RGBA)
     ax.set_yscale("log")
-    _layer_ticks(ax, layers, set(flagged))
+    layer_ticks(ax, layers, set(flagged))
     ax.set_xlabel("top-level layer: input (left) → head (right); no point: no flow measured there")
     ax.set_ylabel("‖dL/d out‖ / ‖dL/d out_head‖ (log scale)")
     ax.grid(True, which="major", alpha=0.3)
@@ -233,7 +233,7 @@ def health_png(frame: pl.DataFrame, layers: Sequence[str], path: str | Path, tit
                 transform=ax.transAxes, ha="center", va="center", fontsize=10,
                 bbox={"facecolor": "white", "edgecolor": "0.6"})
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0%}"))
-    _layer_ticks(ax, layers, set(flagged))
+    layer_ticks(ax, layers, set(flagged))
     ax.set_xlabel("top-level layer: input (left) → head (right); no bar: nothing measured there")
     ax.set_ylabel("fraction of the layer's units")
     ax.grid(True, axis="y", alpha=0.3)

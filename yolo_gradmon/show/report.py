@@ -21,6 +21,7 @@ from ..record.outputs import TrainEnd
 from .depth_figures import flow_profile_png, health_png
 from .figures import CURVES_NAME, HEATMAP_NAME, curves_png, curves_title, heatmap_png, run_label
 from .html import REPORT_NAME, esc, figure, num, page, table
+from .noise import SNR_NAME, noise_box_html, snr_png
 
 FLOW_NAME = "flow_by_layer.png"
 HEALTH_NAME = "activation_health.png"
@@ -59,6 +60,9 @@ def write_report(end: TrainEnd) -> Path:
                             title=f"Activation health by layer: saturated units and dead channels — {what}")
         if health is not None:
             images["health"] = health
+        snr = snr_png(summary, layers, out_dir / SNR_NAME, title=f"Gradient signal-to-noise by layer — {what}")
+        if snr is not None:
+            images["snr"] = snr
     images["heatmap"] = heatmap_png(end.modules, modules, out_dir / HEATMAP_NAME, flagged=flagged,
                                     title=f"Parameter-gradient norm ‖grad‖ per module and logged step — {what}")
     images["curves"] = curves_png(end.modules, modules, out_dir / CURVES_NAME, title=curves_title(modules, what))
@@ -118,6 +122,10 @@ _FIGURES = (
      "For each top-level layer, the gradient reaching its output, ‖dL/d out‖, divided by the gradient at the head's "
      "output (1 by definition): the median over logged steps (line) and its min–max range (shaded), log scale. A "
      "vanishing flag needs this below the dashed red line for {window} observations. Red layer names are flagged."),
+    ("snr", "Gradient signal-to-noise by layer",
+     "For each top-level layer, |G_l|² / (tr Σ_l / nbs): the squared mean gradient over its noise at the nominal batch "
+     "nbs, from the first micro-batch and the accumulated gradient of the last logged windows (dot: estimate, bar: 95% "
+     "upper bound, log scale). Below the dashed line the layer's gradient is mostly noise at this batch (names in red)."),
     ("health", "Activation health by layer: saturated units and dead channels",
      "Fraction of a layer's activation values that sit in a flat tail of a two-tailed activation (saturated: "
      "Sigmoid/Tanh-like) and of its channels with no gradient over a whole batch (dead: ReLU-like), median over "
@@ -232,6 +240,7 @@ def _html_page(summary: dict, steps: pl.DataFrame | None, log_path: Path, images
     body = (
         f"<h1>Gradient monitor report</h1><p class=\"muted\">{esc(what)} · generated {esc(generated)} from "
         f"{esc(log_path.name)}</p>"
+        f"{noise_box_html(summary)}"
         f'<p class="verdict {vclass}">{esc(verdict)}<br><small>data: {esc(describe_data(summary.get("data")))}'
         "</small></p>"
         f"<h2>Flags ({len(flags)})</h2>{flags_html}"

@@ -33,6 +33,7 @@ from . import wandb_rows as rows
 from .sink import History, RunInfo, Sink
 from .wandb_run import (HOW_TO_ENABLE, ULTRALYTICS_EPOCH_PREFIXES, ULTRALYTICS_WB_MODULE, import_wandb, open_run,
                         resumed_run_id, ultralytics_epoch_callbacks, ultralytics_wandb_on)
+from .noise import WandbNoiseRows
 
 STEP_KEY = rows.STEP_KEY
 ALERT_KINDS = {"nonfinite": "ERROR", "exploding": "WARN", "vanishing": "WARN"}
@@ -68,6 +69,7 @@ class WandbSink(Sink):
         self._scalars: rows.LayerScalars | None = None  # wandb_layer_scalars, when requested
         self._finished = False
         self._media_dir: Path | None = None
+        self._noise = WandbNoiseRows()  # the noise-scale curve key and per-layer chart (show/noise.py)
 
     # ------------------------------------------------------------------ events
     def start(self, info: RunInfo) -> None:
@@ -101,6 +103,7 @@ class WandbSink(Sink):
 
     def log_step(self, record: dict, n_flagged: int) -> None:
         row = rows.step_row(record, n_flagged, self.info.header)
+        row.update(self._noise.step(record))
         if self._scalars is not None:
             for backfill in self._scalars.add(record, row):
                 self._log(backfill)
@@ -137,8 +140,11 @@ class WandbSink(Sink):
     def finish(self, end: TrainEnd) -> None:
         self._row_open = False  # train end: Ultralytics' last row was committed in on_fit_epoch_end
         self._drain()
-        self._log_at_last_step(self._media_row(end.records, end.summary.get("flags") or [], None, end))
-        self.run.summary.update(rows.summary_fields(end.summary, self.alerts_sent, end.records))
+        final = self._media_row(end.records, end.summary.get("flags") or [], None, end)
+        final.update(self._noise.final(end.summary, self.wb))
+        self._log_at_last_step(final)
+        self.run.summary.update(rows.summary_fields(end.summary, self.alerts_sent, end.records)
+                                | self._noise.summary_fields(end.summary))
         self._finished = True
         if self.owns_run:
             self.run.finish()
