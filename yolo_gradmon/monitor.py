@@ -8,6 +8,7 @@ every sink of :mod:`~yolo_gradmon.show` (local files, W&B, console).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ class GradientMonitor:
             "on_train_batch_start": self.on_train_batch_start,
             "on_train_epoch_end": self.on_train_epoch_end,
             "on_train_end": self.on_train_end,
+            "teardown": self.on_teardown,
         }
 
     # ------------------------------------------------------------------ state
@@ -100,6 +102,8 @@ class GradientMonitor:
         self._run: RunInfo | None = None
         self._fan_out: Fanout | None = None
         self._warmup: dict[int, bool | None] = {}  # logged step -> in warm-up, until its record completes
+        self._recoveries = 0  # Ultralytics' nan_recovery_attempts last seen
+        self._reloaded_at: int | None = None  # first optimizer step after Ultralytics reloaded last.pt
 
     def __getstate__(self):
         # DDP: Ultralytics pickles callbacks (cloudpickle) into worker processes; ship the options and the extra
@@ -156,6 +160,10 @@ class GradientMonitor:
         if not self._active:
             return
         try:
+            attempts = int(getattr(trainer, "nan_recovery_attempts", 0) or 0)
+            if attempts > self._recoveries:  # Ultralytics' NaN recovery reloaded last.pt after the last epoch
+                self._reloaded_at = self._schedule.step + 1
+            self._recoveries = attempts
             nb = max(1, len(trainer.train_loader))
             self._schedule.start_epoch(int(trainer.epoch), nb, hook.warmup_iterations(trainer, nb))
             self._hook.ensure()
@@ -188,15 +196,29 @@ class GradientMonitor:
             hook.check_steps_reached(trainer, steps=sched.steps_this_run, batches=sched.batch + 1)  # HookError: loud
 
     def on_train_end(self, trainer) -> None:
+        self._finish(trainer, complete=True)
+
+    def on_teardown(self, trainer) -> None:
+        """Ultralytics' ``teardown`` runs in ``train()``'s ``finally``: after a training that raised (NaN persisted,
+        an error in user code, Ctrl-C) the summary, tables and report are still written, marked incomplete."""
+        if self._run is None or self._finished:
+            return
+        err = sys.exc_info()[1]
+        self._stopped_by = f"{type(err).__name__}: {err}" if err is not None else "training stopped before train end"
+        self._finish(trainer, complete=False)
+
+    def _finish(self, trainer, complete: bool) -> None:
         if self._run is None or self._finished:
             return
         self._finished = True
         try:
             if self._fan_out is not None:  # else the monitor failed to start (already reported)
                 if self._active:
+                    self._probe.disarm()
                     self._flush()
                 self._active = False
-                self.summary = build_summary(self._run.header, self.records, self.flags, complete=True)
+                self.summary = build_summary(self._run.header, self.records, self.flags, complete=complete,
+                                             stopped_by=None if complete else getattr(self, "_stopped_by", None))
                 self._fan_out("finish", self.summary, History(self.records, self.flags))
         except Exception as e:  # noqa: BLE001 - never stop the trainer at its very end
             LOGGER.error(f"{PREFIX}could not finish the gradient outputs ({type(e).__name__}: {e}); "
@@ -230,6 +252,9 @@ class GradientMonitor:
         for stats in done:
             record = step_record(stats, self._warmup.pop(stats.step, None))
             record.update(stats.extra)  # flow / activation-health fields (optional in the log)
+            if self._reloaded_at is not None and stats.step >= self._reloaded_at:
+                record["reloaded"] = True  # the first logged step after Ultralytics' NaN recovery
+                self._reloaded_at = None
             self.records.append(record)
             new = self._engine.update(StepView.from_record(record))
             self.flags = self._engine.flags

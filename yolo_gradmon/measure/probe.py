@@ -36,10 +36,10 @@ class ModelProbe:
                 "depth": self.depth.header()}
 
     def arm(self, plan: PassPlan) -> None:
-        self.depth.arm(flow=plan.flow, health=plan.health)
+        self.depth.arm(flow=plan.flow, health=plan.health, logged=plan.logged)
 
     def disarm(self) -> None:
-        self.depth.arm(flow=False, health=False)
+        self.depth.arm(flow=False, health=False, logged=False)
 
     def remove(self) -> None:
         """Remove every hook (never raises: removing hooks never stops training)."""

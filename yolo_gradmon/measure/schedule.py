@@ -34,6 +34,7 @@ class PassPlan:
 
     flow: bool
     health: bool
+    logged: bool = False  # the pass belongs to a logged step (the forward non-finite check runs on all of them)
 
 
 class Schedule:
@@ -84,7 +85,7 @@ class Schedule:
         logged = self.is_logged(coming)
         flow = logged and self.flow_passes % self.cfg.flow_every == 0
         self.flow_passes += logged
-        return PassPlan(flow=flow, health=self.measures_health(coming))
+        return PassPlan(flow=flow, health=self.measures_health(coming), logged=logged)
 
     def next_step(self) -> StepPlan:
         """The trainer's optimizer step runs: count it and return what it measures."""

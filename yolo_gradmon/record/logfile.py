@@ -28,6 +28,10 @@ MODULE_COLUMNS = ("grad_norm", "weight_norm", "grad_to_weight", "update_to_weigh
 # Optional per-layer arrays of a ``step`` line, aligned with the header's ``layers`` (every top-level layer, with or
 # without parameters); absent in logs written without the flow / activation-health signals (same schema version).
 LAYER_COLUMNS = ("flow_norm", "flow_attenuation", "act_saturated", "act_dead")
+# Optional fields of a ``step`` line for the non-finite event (yolo_gradmon.judge.nonfinite): per-layer 0/1 bits
+# ``out_nonfinite`` (a forward output) and ``grad_out_nonfinite`` (an output gradient), and ``reloaded`` (Ultralytics'
+# NaN recovery reloaded last.pt before this step).
+NONFINITE_COLUMNS = ("out_nonfinite", "grad_out_nonfinite", "reloaded")
 
 
 class LogSchemaError(ValueError):
@@ -264,6 +268,11 @@ def train_facts(trainer) -> dict:
         out["accumulate"] = acc
     elif "batch" in out and "nbs" in out:
         out["accumulate"] = max(round(out["nbs"] / out["batch"]), 1)
+    freeze = getattr(args, "freeze", None)  # names the frozen layers in the verdict
+    if isinstance(freeze, int) and not isinstance(freeze, bool) and freeze > 0:
+        out["freeze"] = freeze
+    elif isinstance(freeze, (list, tuple)) and freeze:
+        out["freeze"] = [int(f) for f in freeze if isinstance(f, int)]
     return out
 
 

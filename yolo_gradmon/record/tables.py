@@ -14,7 +14,9 @@ from pathlib import Path
 import polars as pl
 
 from ..config import GradmonConfig
+from ..judge.nonfinite import nonfinite_event
 from ..judge.rules import Flag, evaluate
+from ..judge.verdict import evidence_gaps, frozen_modules, gap_line, lead_lines
 from .depth import run_depth
 from .logfile import (LAYER_COLUMNS, LOG_NAME, MODULE_COLUMNS, SCHEMA_VERSION, dumps, find_in_run, finite_or_none,
                       plain, read_log)
@@ -188,15 +190,22 @@ def what_would_judge(header: dict, need: int, records: list[dict] = ()) -> str:
     return f"{run}. To log {need} steps: " + " or ".join(options)
 
 
-def build_summary(header: dict, records: list[dict], flags: list[Flag], complete: bool) -> dict:
-    """The ``summary.json`` content (pure: no file access)."""
+def build_summary(header: dict, records: list[dict], flags: list[Flag], complete: bool,
+                  stopped_by: str | None = None) -> dict:
+    """The ``summary.json`` content (pure: no file access). ``lead`` holds the verdict's lines in reading order
+    (:func:`yolo_gradmon.judge.verdict.lead_lines`: the non-finite event first)."""
     modules = list(header["modules"])
     frame = module_frame(records, modules)
     steps = [r["step"] for r in records]
     cfg = header.get("config", {})
     few, verdict = judgement(header, records)
+    gaps = evidence_gaps(header, records, cfg)
+    flow_gap = [g for g in gaps if g["rule"].startswith("vanishing")]
+    if not few and flow_gap and not any(f.kind == "vanishing" for f in flags):
+        few = True  # nothing flagged on a window that could not fill is no clean bill
+        verdict = f"cannot tell yet: {verdict.removeprefix('judged on ')}; {gap_line(flow_gap[0])}"
     layers = list(header.get("layers") or [])
-    return {
+    summary = {
         "schema": SCHEMA_VERSION,
         "model": header.get("model"),
         "task": header.get("task"),
@@ -223,10 +232,18 @@ def build_summary(header: dict, records: list[dict], flags: list[Flag], complete
         "depth": run_depth(records, header) if layers else {},
         "train": header.get("train") or {},
         "config": cfg,
+        "stopped_by": stopped_by,
+        "nonfinite_event": nonfinite_event(header, records, complete),
+        "evidence_gaps": gaps,
+        "frozen": frozen_modules(header),
     }
+    summary["frozen_modules"] = summary["frozen"]["modules"]  # a flat list (e.g. for the W&B summary)
+    summary["lead"] = lead_lines(summary, records)
+    return summary
 
 
-def write_outputs(out_dir: Path, header: dict, records: list[dict], flags: list[Flag], complete: bool) -> dict:
+def write_outputs(out_dir: Path, header: dict, records: list[dict], flags: list[Flag], complete: bool,
+                  stopped_by: str | None = None) -> dict:
     """Write the Parquet files and ``summary.json`` into ``out_dir``; return the summary."""
     out_dir = Path(out_dir)
     modules = list(header["modules"])
@@ -235,7 +252,7 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict], flags: list[
     step_frame(records).write_parquet(out_dir / STEPS_PARQUET_NAME)
     if layers:
         layer_frame(records, layers).write_parquet(out_dir / LAYERS_PARQUET_NAME)
-    summary = build_summary(header, records, flags, complete)
+    summary = build_summary(header, records, flags, complete, stopped_by)
     (out_dir / SUMMARY_NAME).write_text(json.dumps(json.loads(dumps(summary)), indent=2))
     return summary
 

@@ -34,11 +34,14 @@ class LocalSink(Sink):
         self._write({"type": "epoch_end", "epoch": epoch, "step": step})
 
     def finish(self, summary: dict, history: History) -> None:
-        self._write({"type": "end", "steps_logged": summary.get("steps_logged")})
+        complete = summary.get("complete", True)
+        if complete:  # a training that raised has no end line: a rebuild from the log says incomplete too
+            self._write({"type": "end", "steps_logged": summary.get("steps_logged")})
         self.writer.close()
         out = self.run.out_dir
         try:
-            summary.update(write_outputs(out, self.run.header, history.records, history.flags, complete=True))
+            summary.update(write_outputs(out, self.run.header, history.records, history.flags, complete=complete,
+                                         stopped_by=summary.get("stopped_by")))
         except Exception as e:  # noqa: BLE001 - the log is complete; a derived file failing is reported, not raised
             LOGGER.error(f"{PREFIX}could not write Parquet/summary.json in {out}: {e}")
             return

@@ -139,7 +139,13 @@ _FIGURES = (
 
 
 def _verdict(summary: dict) -> tuple[str, str]:
-    """(text, css class) of the run's one-line verdict."""
+    """(text, css class) of the run's verdict: its lead lines (the non-finite event first), else the flag count."""
+    lead = summary.get("lead") or []
+    if lead:
+        bad = bool(summary.get("flags")) or summary.get("complete") is False
+        tail = summary.get("verdict", "")
+        return " ".join(f"{line.rstrip('.')}." for line in lead) + (f" Verdict: {tail}." if tail else ""), (
+            "bad" if bad else "warn" if summary.get("too_few_steps") else "ok")
     flags = summary.get("flags") or []
     mods = summary.get("flagged_modules") or []
     if flags:
