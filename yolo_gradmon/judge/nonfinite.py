@@ -81,8 +81,9 @@ def locate_origin(rec: dict, header: dict) -> dict:
     name = lambda j: names[j] if 0 <= j < len(names) else str(j)  # noqa: E731
     reached = sorted(set(mod_bad) | set(gout_bad) | set(out_bad or []))
     ev = {"reached": [name(j) for j in reached]}
-    if out_bad:
-        return {**ev, "direction": "forward", "origin": name(min(out_bad)), "how": "first non-finite layer output"}
+    if out_bad:  # everything downstream of the origin and the whole backward pass follow from it
+        return {"reached": [name(j) for j in out_bad], "direction": "forward", "origin": name(min(out_bad)),
+                "how": "first non-finite layer output"}
     if head >= 0 and head in gout_bad or (mod_bad and max(mod_bad) == head):
         if out_bad is not None:  # every output was checked and finite
             return {**ev, "direction": "loss", "origin": None, "how": "finite outputs, non-finite loss gradient"}
@@ -138,11 +139,11 @@ def nonfinite_event(header: dict, records: Sequence[dict], complete: bool = True
 def event_line(step: int, epoch, where: dict, followed: list[str], alarm: bool = True) -> str:
     """The one line a user reads first: when, where it entered, what it reached, what followed."""
     d, o = where["direction"], where.get("origin")
-    entry = {"forward": f"in the forward pass at {o}'s output",
+    entry = {"forward": f"in the forward pass at {o}'s output (then the whole backward pass)",
              "loss": "in the loss itself (every layer output finite, the loss gradient not)",
              "backward": f"in the backward pass at {o}'s output gradient",
              }.get(d, f"origin not located ({where.get('how')})")
     head = "Non-finite gradients" if alarm else "AMP overflow (not an alarm)"
     text = f"{head} first at step {step}" + (f" (epoch {epoch})" if epoch is not None else "") + f": entered {entry}"
-    text += f", reached {_span(where.get('reached') or [])}"
+    text += ", reached " + ("the outputs of " if d == "forward" else "") + _span(where.get("reached") or [])
     return text + ("; then " + "; ".join(followed) if followed else "") + "."

@@ -31,7 +31,7 @@ def evidence_gaps(header: dict, records: Sequence[dict], cfg: dict) -> list[dict
         fill = (f"about {more} more logged step(s) at this run's {per:.3g} flow pass(es) per step" if more
                 else "logged steps with gradient flow")
         if int(cfg.get("flow_every", 1)) > 1:
-            fill += f", or gradmon_flow_every=1 (flow on every pass; now every {cfg.get('flow_every')}th)"
+            fill += f", or gradmon_flow_every=1 (flow on every pass; now on every {cfg.get('flow_every')} passes)"
         gaps.append({"rule": "vanishing (gradient flow)", "have": passes, "need": window, "unit": "backward passes with flow",
                      "fill": fill})
     elif not header.get("flow") and steps < window:
@@ -49,7 +49,8 @@ def evidence_gaps(header: dict, records: Sequence[dict], cfg: dict) -> list[dict
             every = int(cfg.get("health_every", 1))
             gaps.append({"rule": "dying", "have": samples, "need": need, "unit": "activation-health samples",
                          "fill": f"{(need - samples) * every} more logged step(s)"
-                                 + (f", or gradmon_health_every=1 (now every {every}th)" if every > 1 else "")})
+                                 + (f", or gradmon_health_every=1 (now on every {every} logged steps)" if every > 1
+                                    else "")})
     return gaps
 
 
@@ -107,18 +108,19 @@ def clip_line(records: Sequence[dict], cfg: dict) -> str | None:
 
 
 def lead_lines(summary: dict, records: Sequence[dict] = ()) -> list[str]:
-    """The verdict's lines in order: the run stopping early, the non-finite event, the other flags by kind, dying
-    layers, what the evidence could not decide, frozen modules, the weakest layer and an always-active clip."""
+    """The verdict's lines in order: the non-finite event, the run stopping early, the flags by kind (dying first) or
+    the verdict without flags, what the evidence could not decide, frozen modules, the weakest layer and an
+    always-active clip."""
     cfg = summary.get("config") or {}
     lines = []
-    if summary.get("complete") is False:
-        lines.append("Training stopped before its end" + (f" ({summary['stopped_by']})" if summary.get("stopped_by")
-                                                          else "") + ": this report covers the steps logged until then.")
     ev = summary.get("nonfinite_event")
     if ev:
         lines.append(ev["line"])
+    if summary.get("complete") is False:
+        lines.append("Training stopped before its end" + (f" ({summary['stopped_by']})" if summary.get("stopped_by")
+                                                          else "") + ": this report covers the steps logged until then.")
     flags = summary.get("flags") or []
-    for kind in ("exploding", "vanishing", "dead", "dying"):
+    for kind in ("dying", "exploding", "vanishing", "dead"):  # dying units explain the vanishing that follows them
         mods = sorted({f["module"] for f in flags if f["kind"] == kind})
         if not mods:
             continue
@@ -132,7 +134,10 @@ def lead_lines(summary: dict, records: Sequence[dict] = ()) -> list[str]:
             continue
         shown = ", ".join(mods[:6]) + (f" (+{len(mods) - 6} more)" if len(mods) > 6 else "")
         lines.append(f"{kind}: {len(mods)} module(s), {shown}" + ("" if active else " (all cleared since)"))
-    lines += [gap_line(g) for g in summary.get("evidence_gaps") or []]
+    verdict = str(summary.get("verdict") or "")
+    if not flags:
+        lines.append(verdict if summary.get("too_few_steps") else f"No module flagged, {verdict}")
+    lines += [gap_line(g) for g in summary.get("evidence_gaps") or [] if gap_line(g) not in verdict]
     fl = frozen_line(summary.get("frozen") or {})
     if fl:
         lines.append(fl)

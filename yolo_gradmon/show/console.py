@@ -55,8 +55,9 @@ def print_end(summary: dict, where: str) -> None:
         summary.get("verdict", "too few steps to judge") if summary.get("too_few_steps")
         else f"{len(summary['flagged_modules'])} module(s) flagged"
     )
-    LOGGER.info(f"\n{PREFIX}{n} optimizer step(s) logged, {verdict}.")
-    for line in summary.get("lead") or []:  # the non-finite event first (yolo_gradmon.judge.verdict.lead_lines)
+    lead = summary.get("lead") or []
+    LOGGER.info(f"\n{PREFIX}{n} optimizer step(s) logged" + ("." if lead else f", {verdict}."))
+    for line in lead:  # the non-finite event first (yolo_gradmon.judge.verdict.lead_lines)
         LOGGER.info(f"{PREFIX}{line}")
     LOGGER.info(f"{PREFIX}medians over logged steps:")
     for line in format_table(summary):

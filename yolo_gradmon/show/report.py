@@ -143,8 +143,7 @@ def _verdict(summary: dict) -> tuple[str, str]:
     lead = summary.get("lead") or []
     if lead:
         bad = bool(summary.get("flags")) or summary.get("complete") is False
-        tail = summary.get("verdict", "")
-        return " ".join(f"{line.rstrip('.')}." for line in lead) + (f" Verdict: {tail}." if tail else ""), (
+        return " ".join(f"{line.rstrip('.')}." for line in lead), (
             "bad" if bad else "warn" if summary.get("too_few_steps") else "ok")
     flags = summary.get("flags") or []
     mods = summary.get("flagged_modules") or []
