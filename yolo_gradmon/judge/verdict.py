@@ -54,6 +54,11 @@ def evidence_gaps(header: dict, records: Sequence[dict], cfg: dict) -> list[dict
     return gaps
 
 
+def _trend(per_sample: float) -> str:
+    points = 100 * per_sample
+    return "steady" if abs(points) < 0.5 else f"{'rising' if points > 0 else 'falling'} {abs(points):.1f} points per sample"
+
+
 def gap_line(gap: dict) -> str:
     return (f"{gap['rule']}: {gap['have']} of {gap['need']} {gap['unit']}, so it could not fire; "
             f"to fill it: {gap['fill']}")
@@ -130,7 +135,7 @@ def lead_lines(summary: dict, records: Sequence[dict] = ()) -> list[str]:
             e = worst["evidence"]
             lines.append(f"dying units in {len(mods)} layer(s) ({', '.join(mods[:4])}{', ...' if len(mods) > 4 else ''})"
                          f": up to {100 * e['dead_fraction']:.0f}% dead channels in {worst['module']} ({e['activation']},"
-                         f" trend {100 * e['trend_per_sample']:+.1f} points per sample)")
+                         f" {_trend(e['trend_per_sample'])})")
             continue
         shown = ", ".join(mods[:6]) + (f" (+{len(mods) - 6} more)" if len(mods) > 6 else "")
         lines.append(f"{kind}: {len(mods)} module(s), {shown}" + ("" if active else " (all cleared since)"))
