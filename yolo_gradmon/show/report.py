@@ -90,7 +90,7 @@ def _facts(summary: dict, steps: pl.DataFrame | None, log_path: Path) -> list[tu
         ("epochs", str(summary.get("epochs")), ""),
         ("complete", "yes: training finished" if complete else
          "no: the log has no end line (run still going, or stopped before train end)", "ok" if complete else "bad"),
-        ("too few steps", ("yes: fewer logged steps than min_steps; the rules had little evidence"
+        ("too few steps", ("yes: a rule's window could not fill (the verdict says which and what would fill it)"
                            if summary.get("too_few_steps") else "no"), "bad" if summary.get("too_few_steps") else ""),
         ("flags", f"{len(summary.get('flags') or [])} on {len(summary.get('flagged_modules') or [])} module(s)",
          "bad" if summary.get("flags") else "ok"),

@@ -288,6 +288,10 @@ class WandbSink(Sink):
         if self.last_step is not None:
             row[STEP_KEY] = self.last_step
         self._log(row)
+        ev = summary.get("nonfinite_event")  # the event's one line, origin first (yolo_gradmon.judge.nonfinite)
+        if ev and self.cfg.wandb_alerts:
+            self.run.alert(title=f"gradmon: non-finite gradients from {ev.get('origin') or ev.get('direction')}",
+                           text=ev["line"], level="ERROR" if ev.get("alarm") else "WARN")
         self.run.summary.update(_summary_fields(summary, self.alerts_sent, history.records, self.info))
         self._finished = True
         if self.owns_run:
