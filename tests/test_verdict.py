@@ -101,3 +101,17 @@ def test_frozen_modules_named_and_weakest_layer_and_always_active_clip_explained
     s = build_summary(header(trainable=[False, False, True, True], freeze=2), [rec(s) for s in range(1, 9)], [],
                       complete=True)
     assert s["frozen_modules"] == ["00.Conv", "01.Conv"] and any("frozen, not judged" in x for x in s["lead"])
+
+
+def test_the_cause_of_a_vanishing_flag_names_only_layers_on_its_own_path():
+    from yolo_gradmon.judge.cause import likely_cause
+
+    layers = {**LAYERS, "layer_acts": [["SiLU"]] * 3 + [[]] + [["SiLU"]]}
+    v = view(1)
+    v.flow_attenuation = [2.0, 1.5, 1e-3, 1.2, 1.0]  # 02.Conv's output: a cut (1e-3 of its consumer's)
+    assert likely_cause(2, v, layers, GradmonConfig()).startswith("gradient cut at 02.Conv")
+    other = likely_cause(0, v, layers, GradmonConfig())  # 00.Conv reaches the head by 01 -> 03, past 02
+    assert "02.Conv" not in other and other.startswith("no saturated or dead units")
+    relu = {**LAYERS}
+    v.act_dead = [0.0, 0.2, 0.0, 0.0, 0.0]  # 20% dead in 01.Conv (ReLU): under cause_dead, over dying_dead
+    assert "dying ReLU units on its path: 20% in 01.Conv" in likely_cause(0, v, relu, GradmonConfig())
