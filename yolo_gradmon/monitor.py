@@ -84,7 +84,7 @@ class GradientMonitor:
             "on_train_batch_start": self.on_train_batch_start,
             "on_train_epoch_end": self.on_train_epoch_end,
             "on_train_end": self.on_train_end,
-            "teardown": self.on_teardown,
+            "teardown": self.teardown,
         }
 
     # ------------------------------------------------------------------ state
@@ -198,7 +198,7 @@ class GradientMonitor:
     def on_train_end(self, trainer) -> None:
         self._finish(trainer, complete=True)
 
-    def on_teardown(self, trainer) -> None:
+    def teardown(self, trainer) -> None:
         """Ultralytics' ``teardown`` runs in ``train()``'s ``finally``: after a training that raised (NaN persisted,
         an error in user code, Ctrl-C) the summary, tables and report are still written, marked incomplete."""
         if self._run is None or self._finished:
