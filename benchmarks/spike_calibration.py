@@ -4,7 +4,7 @@ norm over the exploding rule's running median and the module's share of the step
     PYTHONPATH=$PWD python benchmarks/spike_calibration.py --out /tmp/spikes.json [--only NAME ...]
 
 Datasets: the generated 2-class data (yolo_gradmon.demo.synthetic_dataset), a generated crowded variant (25-40
-objects per image), COCO8 and COCO128 (copied from /work/shared/datasets or ../shared/datasets into a temp dir).
+objects per image), COCO8 and COCO128 (copied from ../shared/datasets into a temp dir).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def crowded_dataset(root: Path, n_train=8, n_val=4, imgsz=320, seed=1) -> Path:
 
 
 def real_dataset(name: str, tmp: Path) -> Path | None:
-    for base in (Path("/work/shared/datasets"), ROOT.parent / "shared" / "datasets"):
+    for base in (ROOT.parent / "shared" / "datasets",):
         if (base / name / "images").is_dir():
             dst = tmp / name
             if not dst.exists():

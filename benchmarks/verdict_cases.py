@@ -25,7 +25,7 @@ SMALL = dict(imgsz=160, batch=1, nbs=1, workers=0, device="cpu", plots=False, va
 
 
 def coco8(tmp: Path) -> str:
-    for base in (Path("/work/shared/datasets"), ROOT.parent / "shared" / "datasets"):
+    for base in (ROOT.parent / "shared" / "datasets",):
         if (base / "coco8" / "images").is_dir():
             dst = tmp / "coco8"
             if not dst.exists():
