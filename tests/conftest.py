@@ -145,11 +145,7 @@ requires_coco128 = pytest.mark.skipif(
 # Tests that assert facts of the real COCO8 images and fail on the generated stand-in (their assertions are kept;
 # on generated data they skip with this reason, named in the end-of-run summary line). Found with
 # GRADMON_TEST_SHARED=/nonexistent (no user COCO8 either) on tests/test_training.py, test_detection.py, test_report.py.
-REAL_COCO8_ONLY = {
-    "test_detection.py::test_planted_choke_flagged_with_precision_and_recall_one[yolo26n.yaml-8]":
-        "on generated data 19.C3k2's gradient norm jumps 1040x its running median at step 4, past the exploding "
-        "threshold 1000x (calibrated on real COCO8, healthy maximum 66x), so the 'no exploding flag' check fails",
-}
+REAL_COCO8_ONLY: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -81,10 +81,13 @@ class GradmonConfig:
     vanish_flow_cut: float = _option(1e-2, "a layer's output gradient below this x the largest at its consumers' outputs is a \"cut\"")
     vanish_window: int = _option(5, "low observations to flag vanishing; as many healthy logged steps clear it (hysteresis)")
     explode_factor: float = _option(1000.0, "grad norm above this x its running median (last 50 logged steps) is exploding")
+    explode_total_fraction: float = _option(1.0, "a spike counts only if the module's norm also reaches this x the total norm's running median")
     explode_window: int = _option(1, "consecutive high logged steps to flag (1 = immediately)")
     explode_clip_factor: float = _option(1e4, "grad norm above this x clip_norm for explode_clip_window logged steps is exploding")
     explode_clip_window: int = _option(5, "consecutive logged steps above explode_clip_factor x clip_norm to flag")
     dead_window: int = _option(5, 'consecutive logged steps with an exactly-zero gradient to flag "dead"')
+    dying_dead: float = _option(0.05, 'a ReLU-family layer with this fraction of dead channels on dying_window samples in a row: "dying"')
+    dying_window: int = _option(3, "consecutive activation-health samples at or above dying_dead to flag dying")
     min_steps: int = _option(3, 'fewer logged steps than this is "too few steps to judge"')
     cause_saturated: float = _option(0.5, 'a flag names "saturated units" when a layer on its path has this fraction saturated')
     cause_dead: float = _option(0.5, 'a flag names "dead units" when a layer on its path has this fraction of dead channels')
@@ -165,9 +168,9 @@ OPTION_SECTIONS: dict[str, tuple[str, ...]] = {
     "detection rules (windows count logged steps)": tuple(_FIELDS)[tuple(_FIELDS).index("clip_norm") :],
 }
 """The options in field order, grouped as in ``configs/default.yaml``."""
-_POSITIVE_INTS = {"log_every", "update_every", "flow_every", "health_every", "vanish_window", "explode_window", "explode_clip_window", "dead_window", "min_steps"}
+_POSITIVE_INTS = {"log_every", "update_every", "flow_every", "health_every", "vanish_window", "explode_window", "explode_clip_window", "dead_window", "min_steps", "dying_window"}
 _NON_NEGATIVE_INTS = {"wandb_media_every"}
-_FRACTIONS = ("cause_saturated", "cause_dead")
+_FRACTIONS = ("cause_saturated", "cause_dead", "dying_dead")
 
 
 def format_value(value: Any) -> str:

@@ -71,6 +71,10 @@ FIELDS: tuple[Field, ...] = (
           chart=True),
     Field("act_saturated", LAYER, label="saturated-unit fraction", sampled=True, optional=True, chart=True),
     Field("act_dead", LAYER, label="dead-channel fraction", sampled=True, optional=True, chart=True),
+    # the non-finite event (judge/nonfinite.py): 0/1 bits per layer, and Ultralytics' NaN recovery
+    Field("out_nonfinite", LAYER, "int", optional=True),  # a forward output was non-finite on a pass of the step
+    Field("grad_out_nonfinite", LAYER, "int", sampled=True, optional=True),  # its output gradient was (flow passes)
+    Field("reloaded", STEP, "bool", optional=True),  # the first logged step after Ultralytics reloaded last.pt
     # the gradient noise scale (measure/noise.py): on logged steps with two or more micro-batches
     Field("gns_small_sq", LAYER, sampled=True, optional=True),  # ‖g‖² per image² after the first micro-batch
     Field("gns_big_sq", LAYER, sampled=True, optional=True),  # ‖g‖² per image² of the accumulated gradient

@@ -8,6 +8,7 @@ every sink of :mod:`~yolo_gradmon.show` (local files, W&B, console).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class GradientMonitor:
             "on_train_batch_start": self.on_train_batch_start,
             "on_train_epoch_end": self.on_train_epoch_end,
             "on_train_end": self.on_train_end,
+            "teardown": self.teardown,
         }
 
     # ------------------------------------------------------------------ state
@@ -102,6 +104,8 @@ class GradientMonitor:
         self._run: RunInfo | None = None
         self._fan_out: Fanout | None = None
         self._warmup: dict[int, bool | None] = {}  # logged step -> in warm-up, until its record completes
+        self._recoveries = 0  # Ultralytics' nan_recovery_attempts last seen
+        self._reloaded_at: int | None = None  # first optimizer step after Ultralytics reloaded last.pt
 
     def __getstate__(self):
         # DDP: Ultralytics pickles callbacks (cloudpickle) into worker processes; ship the options and the extra
@@ -165,6 +169,10 @@ class GradientMonitor:
         if not self._active:
             return
         try:
+            attempts = int(getattr(trainer, "nan_recovery_attempts", 0) or 0)
+            if attempts > self._recoveries:  # Ultralytics' NaN recovery reloaded last.pt after the last epoch
+                self._reloaded_at = self._schedule.step + 1
+            self._recoveries = attempts
             nb = max(1, len(trainer.train_loader))
             self._schedule.start_epoch(int(trainer.epoch), nb, warmup_iterations(trainer, nb))
             self._hook.ensure()
@@ -197,16 +205,30 @@ class GradientMonitor:
             hook.check_steps_reached(trainer, steps=sched.steps_this_run, batches=sched.batch + 1)  # HookError: loud
 
     def on_train_end(self, trainer) -> None:
+        self._finish(trainer, complete=True)
+
+    def teardown(self, trainer) -> None:
+        """Ultralytics' ``teardown`` runs in ``train()``'s ``finally``: after a training that raised (NaN persisted,
+        an error in user code, Ctrl-C) the summary, tables and report are still written, marked incomplete."""
+        if self._run is None or self._finished:
+            return
+        err = sys.exc_info()[1]
+        self._stopped_by = f"{type(err).__name__}: {err}" if err is not None else "training stopped before train end"
+        self._finish(trainer, complete=False)
+
+    def _finish(self, trainer, complete: bool) -> None:
         if self._run is None or self._finished:
             return
         self._finished = True
         try:
             if self._fan_out is not None:  # else the monitor failed to start (already reported)
                 if self._active:
+                    self._probe.disarm()
                     self._flush()
                 self._active = False
-                end = TrainEnd.build(self._run.header, self.records, self.flags, complete=True,
-                                     log_path=self.out_dir / LOG_NAME)
+                end = TrainEnd.build(self._run.header, self.records, self.flags, complete=complete,
+                                     log_path=self.out_dir / LOG_NAME,
+                                     stopped_by=None if complete else getattr(self, "_stopped_by", None))
                 self.summary = end.summary
                 self._fan_out.finish(end)
         except Exception as e:  # noqa: BLE001 - never stop the trainer at its very end
@@ -240,6 +262,9 @@ class GradientMonitor:
         """Judge each completed record and hand it to every sink."""
         for stats in done:
             record = step_record(stats, self._warmup.pop(stats.step, None))
+            if self._reloaded_at is not None and stats.step >= self._reloaded_at:
+                record["reloaded"] = True  # the first logged step after Ultralytics' NaN recovery
+                self._reloaded_at = None
             self.records.append(record)
             new = self._engine.update(StepView.from_record(record))
             self.flags = self._engine.flags

@@ -42,10 +42,14 @@ class GradientPlant:
         factor: multiplier of dL/d(output): ``1e-6`` plants a choke, ``1e4`` an amplification; ``math.nan`` a NaN.
         start: first training forward/backward pass (0-based, counted over the whole run) to affect.
         stop: first pass no longer affected (None: until the end).
+        forward: multiply the layer's *output* by ``factor`` in the forward pass instead (``math.nan``: a forward NaN
+            entering at that layer; everything after it and the whole backward pass follow).
     """
 
-    def __init__(self, layer: int, factor: float = 1e-6, start: int = 0, stop: int | None = None):
+    def __init__(self, layer: int, factor: float = 1e-6, start: int = 0, stop: int | None = None,
+                 forward: bool = False):
         self.layer = int(layer)
+        self.forward = bool(forward)
         self.factor = float(factor)
         self.start = int(start)
         self.stop = stop
@@ -93,6 +97,11 @@ class GradientPlant:
         self.passes += 1
         if not active:
             return
+        if self.forward:
+            if isinstance(output, torch.Tensor):
+                self.applied += 1
+                return output * self.factor  # replaces the output: later hooks and layers see it
+            return None
         ts = output_tensors(inputs, output)
         if ts:
             self.applied += 1

@@ -23,8 +23,9 @@ class TrainerArgError(ValueError):
 # ---------------------------------------------------------------------------------------------- reading a trainer
 def train_facts(trainer) -> dict:
     """What sets the number of optimizer steps of a run (read at train start): ``batch`` (the trainer's batch size),
-    ``nbs``, ``batches_per_epoch``, ``epochs`` and ``accumulate`` (the trainer's, else ``max(round(nbs / batch), 1)``;
-    Ultralytics ramps it up from 1 during warm-up). Missing values are left out."""
+    ``nbs``, ``batches_per_epoch``, ``epochs``, ``accumulate`` (the trainer's, else ``max(round(nbs / batch), 1)``;
+    Ultralytics ramps it up from 1 during warm-up) and ``freeze`` (the ``freeze=`` layers). Missing values are left
+    out."""
     args = getattr(trainer, "args", None)
     facts = {"batch": getattr(trainer, "batch_size", None) or getattr(args, "batch", None),
              "nbs": getattr(args, "nbs", None), "epochs": getattr(trainer, "epochs", None)}
@@ -38,6 +39,11 @@ def train_facts(trainer) -> dict:
         out["accumulate"] = acc
     elif "batch" in out and "nbs" in out:
         out["accumulate"] = max(round(out["nbs"] / out["batch"]), 1)
+    freeze = getattr(args, "freeze", None)  # names the frozen layers in the verdict
+    if isinstance(freeze, int) and not isinstance(freeze, bool) and freeze > 0:
+        out["freeze"] = freeze
+    elif isinstance(freeze, (list, tuple)) and freeze:
+        out["freeze"] = [int(f) for f in freeze if isinstance(f, int)]
     return out
 
 

@@ -24,9 +24,15 @@ truth; the numbers are in ``configs/default.yaml``.
   the update (a planted 1e-6 choke leaves it at healthy values) and with SGD it follows the lr schedule.
   No decision signal depends on the learning rate, so Ultralytics' warm-up (lr ramping from 0) cannot raise flags.
 - ``exploding``: grad norm above ``explode_factor`` x its running median (last 50 logged norms, after
-  ``min_steps`` steps of history) for ``explode_window`` logged steps (1: immediately), or above
+  ``min_steps`` steps of history) *and* at least ``explode_total_fraction`` x the running median of the model's total
+  norm (a module waking up from a tiny gradient is no explosion) for ``explode_window`` logged steps (1: immediately), or above
   ``explode_clip_factor`` x ``clip_norm`` for ``explode_clip_window`` logged steps (a condition present from the
   first step, when there is no median yet).
+- ``dying``: a ReLU-family layer's dead-channel fraction at or above ``dying_dead`` on ``dying_window`` consecutive
+  activation-health samples (:mod:`yolo_gradmon.judge.dying`).
+
+A ``nonfinite`` or spike ``exploding`` flag whose condition ended (a later finite / normal step) is no longer
+``active``; the run's non-finite *event* (origin, what followed) is :mod:`yolo_gradmon.judge.nonfinite`.
 
 Each flag carries its evidence (values, thresholds, window, and for vanishing the likely cause named from the
 activation health and the flow profile, :func:`yolo_gradmon.judge.cause.likely_cause`).
@@ -44,8 +50,9 @@ from ..config import GradmonConfig
 from ..fields import as_float
 from ..structure.graph import consumers, cut_ratio, upstream_only
 from .cause import likely_cause
+from .dying import DyingTracker
 
-KINDS = ("nonfinite", "exploding", "vanishing", "dead")
+KINDS = ("nonfinite", "exploding", "vanishing", "dead", "dying")
 SPIKE_HISTORY = 50  # the exploding spike rule compares a norm with the median of this many previous logged norms
 
 
@@ -146,12 +153,19 @@ class RuleEngine:
         self._sources = [list(s) for s in (self.layers.get("layer_from") or [])]
         self._cons = consumers(self._sources)
         self._behind_cache: dict[int, list[int]] = {}
+        self._totals: list[float] = []  # finite total norms of logged steps (the spike rule's whole-model scale)
+        self.dying = DyingTracker(self.layers.get("layer_acts") or [], cfg.dying_dead, cfg.dying_window)
 
     def update(self, view: StepView) -> list[Flag]:
         """Consume one logged step; return the flags raised by it (new flags only)."""
         cfg = self.cfg
+        sampled = _measured(view.act_dead)
         view = self._with_last_health(view)
         new: list[Flag] = []
+        if sampled:
+            new += self._dying(view)
+        total_med = running_median(self._totals, cfg.min_steps)
+        total = math.sqrt(sum(as_float(g) ** 2 for g, h in zip(view.grad_norm, view.has_grad) if h and math.isfinite(as_float(g))))
         cuts = self._cuts(view)
         # flow sampled every flow_every-th logged step: a step without it is no healthy observation of the flow
         flow_skipped = view.flow_attenuation is not None and not _measured(view.flow_attenuation)
@@ -165,6 +179,7 @@ class RuleEngine:
             if nf > 0 or not math.isfinite(g):
                 new += self._raise("nonfinite", i, view.step, {"nonfinite_values": nf, "grad_norm": g})
                 continue
+            self._close("nonfinite", i)  # the condition ended: the flag stays in the record, no longer active
             # dead
             self._zero[i] = self._zero[i] + 1 if g == 0.0 else 0
             if self._zero[i] >= cfg.dead_window:
@@ -202,15 +217,39 @@ class RuleEngine:
             hist = self._norms[i]
             med = running_median(hist, cfg.min_steps)
             if med is not None:
-                if med > 0 and g > cfg.explode_factor * med:
+                reach = total_med is None or g >= cfg.explode_total_fraction * total_med
+                if med > 0 and g > cfg.explode_factor * med and reach:
                     self._high[i] += 1
                     if self._high[i] >= cfg.explode_window:
                         ev = {"grad_norm": g, "running_median": med, "factor": g / med, "threshold": cfg.explode_factor,
-                              "window": cfg.explode_window, "rule": "spike over the running median"}
+                              "total_norm_median": total_med, "window": cfg.explode_window,
+                              "rule": "spike over the running median"}
                         new += self._raise("exploding", i, view.step, ev)
                     continue  # keep the spike out of the running median
                 self._high[i] = 0
+                if self._clip[i] == 0:
+                    self._close("exploding", i)
             hist.append(g)
+        if total > 0 and all(math.isfinite(as_float(g)) for g, h in zip(view.grad_norm, view.has_grad) if h):
+            med = running_median(self._totals, cfg.min_steps)
+            if med is None or total <= cfg.explode_factor * med:  # keep a spike out of the whole-model scale too
+                self._totals.append(total)
+        return new
+
+    def _close(self, kind: str, i: int) -> None:
+        flag = self._open.pop((kind, i), None)
+        if flag is not None:
+            flag.active = False
+
+    def _dying(self, view: StepView) -> list[Flag]:
+        """The dying rule on a real health sample: flag the monitored modules of each dying layer."""
+        hits, ended = self.dying.update(list(view.act_dead), view.step)
+        new: list[Flag] = []
+        for i, li in enumerate(self.layer_index):
+            if li in ended:
+                self._close("dying", i)
+            if li in hits and self.trainable[i]:
+                new += self._raise("dying", i, view.step, dict(hits[li]))
         return new
 
     def replay(self, records: Iterable[dict]) -> None:

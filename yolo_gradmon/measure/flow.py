@@ -208,13 +208,17 @@ class FlowHooks:
         present = self._present.copy() if n else np.zeros(self.n, dtype=bool)
         self._reset_step()
         if "flow_sumsq" not in host or n == 0:
-            return {"flow_backwards": 0, "flow_norm": [None] * self.n, "flow_attenuation": [None] * self.n}
-        rms = np.sqrt(np.asarray(host["flow_sumsq"], dtype=float) / n)
+            return {"flow_backwards": 0, "flow_norm": [None] * self.n, "flow_attenuation": [None] * self.n,
+                    "grad_out_nonfinite": None}
+        sumsq = np.asarray(host["flow_sumsq"], dtype=float)
+        rms = np.sqrt(sumsq / n)
         att = np.asarray(host["flow_maxatt"], dtype=float)
         return {
             "flow_backwards": n,
             "flow_norm": [float(v) if ok and math.isfinite(v) else None for v, ok in zip(rms, present)],
             "flow_attenuation": [float(v) if ok and math.isfinite(v) else None for v, ok in zip(att, present)],
+            # the output gradient was non-finite on a sampled pass (the norm carries NaN/Inf): the backward origin
+            "grad_out_nonfinite": [int(ok and not math.isfinite(v)) for v, ok in zip(sumsq, present)],
         }
 
 

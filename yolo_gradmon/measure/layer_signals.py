@@ -9,6 +9,7 @@ from ultralytics.utils import LOGGER
 
 from ..config import PREFIX, GradmonConfig
 from ..structure.layout import layer_names, layer_sources, top_layers
+from .finite import FiniteWatch
 from .flow import FlowHooks
 from .health import ELEMENTWISE_TYPES, ActivationHealth
 
@@ -18,6 +19,7 @@ class DepthSignals:
 
     def __init__(self, model, cfg: GradmonConfig, compiled: bool = False, scale_fn=None):
         self.flow: FlowHooks | None = None
+        self.finite: FiniteWatch | None = None  # forward non-finite bits, on every pass of logged steps
         self.health: ActivationHealth | None = None
         self.names: list[str] = layer_names(model)
         self.sources: list[list[int]] = layer_sources(model)
@@ -26,6 +28,8 @@ class DepthSignals:
             LOGGER.warning(f"{PREFIX}{' and '.join(wanted)} need an Ultralytics layer list (model.model); off for "
                            f"{type(model).__name__}.")
             wanted = []
+        if top_layers(model) is not None and not compiled:
+            self.finite = FiniteWatch(model)
         if wanted and compiled:
             LOGGER.warning(
                 f"{PREFIX}{' and '.join(wanted)} off under compile=True (tensor and forward hooks inside a compiled "
@@ -44,10 +48,12 @@ class DepthSignals:
 
     @property
     def sources_for_capture(self) -> list:
-        return [s for s in (self.flow, self.health) if s is not None]
+        return [s for s in (self.flow, self.health, self.finite) if s is not None]
 
-    def arm(self, flow: bool, health: bool) -> None:
+    def arm(self, flow: bool, health: bool, logged: bool = False) -> None:
         """Hooks on (or off) for the coming forward/backward pass, as the schedule's ``PassPlan`` says."""
+        if self.finite is not None:
+            self.finite.arm(logged)
         if self.flow is not None:
             self.flow.arm(flow)
         if self.health is not None:

@@ -45,7 +45,7 @@ class ModelProbe:
                 "depth": {**self.depth.header(), "noise_scale": self.noise is not None}}
 
     def arm(self, plan: PassPlan) -> None:
-        self.depth.arm(flow=plan.flow, health=plan.health)
+        self.depth.arm(flow=plan.flow, health=plan.health, logged=plan.logged)
         if self.noise is not None:
             if plan.noise_read:
                 self.noise.read_small()  # before this pass's backward adds to the first micro-batch's gradient
@@ -54,7 +54,7 @@ class ModelProbe:
             self.noise.arm(True)
 
     def disarm(self) -> None:
-        self.depth.arm(flow=False, health=False)
+        self.depth.arm(flow=False, health=False, logged=False)
         if self.noise is not None:
             self.noise.arm(False)
 

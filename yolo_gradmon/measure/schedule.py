@@ -38,6 +38,7 @@ class PassPlan:
     health: bool
     window_start: bool = False  # the first pass of an optimizer step's window
     noise_read: bool = False  # before this pass: read the window's first micro-batch gradient (noise scale)
+    logged: bool = False  # the pass belongs to a logged step (the forward non-finite check runs on all of them)
 
 
 class Schedule:
@@ -92,7 +93,7 @@ class Schedule:
         start, second = self.window_passes == 0, self.window_passes == 1
         self.window_passes += 1
         return PassPlan(flow=flow, health=self.measures_health(coming), window_start=start,
-                        noise_read=second and logged and self.cfg.noise_scale)
+                        noise_read=second and logged and self.cfg.noise_scale, logged=logged)
 
     def next_step(self) -> StepPlan:
         """The trainer's optimizer step runs: count it and return what it measures."""

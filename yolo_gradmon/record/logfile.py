@@ -200,8 +200,8 @@ def header_record(model: str, task: str | None, granularity: str, measured: dict
                   train: dict | None = None, data: dict | None = None) -> dict:
     """The ``header`` log line. ``measured``: the modules (``modules``, ``trainable``, ``numel``, ``layer_index``) and,
     under ``depth``, the top-level layers and depth signals (``layers``, ``layer_from``, ``layer_acts``, ``flow``,
-    ``activation_health``). ``train``: the trainer's step arithmetic (:func:`train_facts`), when known. ``data``: the dataset trained on
-    (``yaml``, ``root``, ``train_images``, ``generated``; ``yolo_gradmon.trainer.dataset_facts``), when known."""
+    ``activation_health``). ``train``: the trainer's step arithmetic (:func:`yolo_gradmon.trainer.train_facts`), when known. ``data``: the
+    dataset trained on (``yaml``, ``root``, ``train_images``, ``generated``; ``yolo_gradmon.trainer.dataset_facts``), when known."""
     depth = dict(measured.get("depth") or {})
     out = {
         "type": "header",

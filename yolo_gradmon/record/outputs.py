@@ -47,12 +47,13 @@ class TrainEnd:
 
     @classmethod
     def build(cls, header: dict, records: list[dict], flags: list[Flag], complete: bool,
-              log_path: Path) -> "TrainEnd":
-        """The tables and the summary of ``records`` (each table built once)."""
+              log_path: Path, stopped_by: str | None = None) -> "TrainEnd":
+        """The tables and the summary of ``records`` (each table built once); ``complete=False`` with ``stopped_by``
+        (the exception) for a training that raised before its end."""
         names = list(header.get("layers") or [])
         modules = module_frame(records, list(header["modules"]), header.get("layer_index") if names else None)
         layers = layer_frame(records, names) if names else None
-        summary = build_summary(header, records, flags, complete, modules, layers)
+        summary = build_summary(header, records, flags, complete, modules, layers, stopped_by)
         return cls(header, list(records), list(flags), modules, layers, step_frame(records), summary, Path(log_path))
 
     @classmethod

@@ -12,7 +12,9 @@ import statistics
 import polars as pl
 
 from ..config import GradmonConfig
+from ..judge.nonfinite import nonfinite_event
 from ..judge.rules import Flag
+from ..judge.verdict import evidence_gaps, frozen_modules, gap_line, lead_lines
 from .depth import run_depth
 from .logfile import SCHEMA_VERSION
 from .noise import noise_summary
@@ -96,16 +98,22 @@ def grad_norm_range_decades(module_stats: list[dict]) -> float | None:
 
 
 def build_summary(header: dict, records: list[dict], flags: list[Flag], complete: bool,
-                  modules_frame: pl.DataFrame, layers_frame: pl.DataFrame | None) -> dict:
+                  modules_frame: pl.DataFrame, layers_frame: pl.DataFrame | None, stopped_by: str | None = None) -> dict:
     """The ``summary.json`` content (pure: no file access), from the tables built once at train end
-    (:mod:`yolo_gradmon.record.outputs`)."""
+    (:mod:`yolo_gradmon.record.outputs`). ``lead`` holds the verdict's lines in reading order
+    (:func:`yolo_gradmon.judge.verdict.lead_lines`: the non-finite event first)."""
     modules = list(header["modules"])
     steps = [r["step"] for r in records]
     cfg = header.get("config", {})
     few, verdict = judgement(header, records)
+    gaps = evidence_gaps(header, records, cfg)
+    flow_gap = [g for g in gaps if g["rule"].startswith("vanishing")]
+    if not few and flow_gap and not any(f.kind == "vanishing" for f in flags):
+        few = True  # nothing flagged on a window that could not fill is no clean bill
+        verdict = f"cannot tell yet: {verdict.removeprefix('judged on ')}; {gap_line(flow_gap[0])}"
     layers = list(header.get("layers") or [])
     module_stats = module_table(modules_frame, modules)
-    return {
+    summary = {
         "schema": SCHEMA_VERSION,
         "model": header.get("model"),
         "task": header.get("task"),
@@ -136,4 +144,11 @@ def build_summary(header: dict, records: list[dict], flags: list[Flag], complete
         "data": header.get("data") or {},
         "noise_scale": noise_summary(header, records),
         "config": cfg,
+        "stopped_by": stopped_by,
+        "nonfinite_event": nonfinite_event(header, records, complete),
+        "evidence_gaps": gaps,
+        "frozen": frozen_modules(header),
     }
+    summary["frozen_modules"] = summary["frozen"]["modules"]  # a flat list (e.g. for the W&B summary)
+    summary["lead"] = lead_lines(summary, records)
+    return summary

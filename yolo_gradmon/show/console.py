@@ -34,7 +34,7 @@ def format_table(summary: dict) -> list[str]:
     for m, trainable in zip(summary["modules"], summary.get("trainable") or [True] * len(summary["modules"])):
         s = stats.get(m)
         if s is None:
-            note = "frozen" if not trainable else "no gradient"
+            note = "frozen, not judged" if not trainable else "no gradient"
             lines.append(f"{m:<{width}} {0:>6} {'-':>10} {'-':>10}{' ' * len(fcol)}  ({note})")
             continue
         fl = ",".join(sorted(set(flags_of.get(m, [])))) or "-"
@@ -59,8 +59,12 @@ def print_end(summary: dict, where: str, report: Path | None = None) -> None:
         summary.get("verdict", "too few steps to judge") if summary.get("too_few_steps")
         else f"{len(summary['flagged_modules'])} module(s) flagged"
     )
-    LOGGER.info(f"\n{PREFIX}{n} optimizer step(s) logged on {describe_data(summary.get('data'))}, {verdict}. "
-                "Medians over logged steps:")
+    lead = summary.get("lead") or []
+    LOGGER.info(f"\n{PREFIX}{n} optimizer step(s) logged on {describe_data(summary.get('data'))}"
+                + ("." if lead else f", {verdict}."))
+    for line in lead:  # the non-finite event first (yolo_gradmon.judge.verdict.lead_lines)
+        LOGGER.info(f"{PREFIX}{line}")
+    LOGGER.info(f"{PREFIX}medians over logged steps:")
     for line in format_table(summary):
         LOGGER.info(f"  {line}")
     LOGGER.info(f"{PREFIX}results in {where}")

@@ -34,7 +34,8 @@ class LocalSink(Sink):
         self._write({"type": "epoch_end", "epoch": epoch, "step": step})
 
     def finish(self, end: TrainEnd) -> None:
-        self._write({"type": "end", "steps_logged": end.summary.get("steps_logged")})
+        if end.summary.get("complete", True):  # a training that raised has no end line: a rebuild says incomplete too
+            self._write({"type": "end", "steps_logged": end.summary.get("steps_logged")})
         self.writer.close()
         out = self.run.out_dir
         try:

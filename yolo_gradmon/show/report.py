@@ -86,7 +86,7 @@ def _facts(summary: dict, steps: pl.DataFrame | None, log_path: Path) -> list[tu
         ("epochs", str(summary.get("epochs")), ""),
         ("complete", "yes: training finished" if complete else
          "no: the log has no end line (run still going, or stopped before train end)", "ok" if complete else "bad"),
-        ("too few steps", ("yes: fewer logged steps than min_steps; the rules had little evidence"
+        ("too few steps", ("yes: a rule's window could not fill (the verdict says which and what would fill it)"
                            if summary.get("too_few_steps") else "no"), "bad" if summary.get("too_few_steps") else ""),
         ("flags", f"{len(summary.get('flags') or [])} on {len(summary.get('flagged_modules') or [])} module(s)",
          "bad" if summary.get("flags") else "ok"),
@@ -139,7 +139,12 @@ _FIGURES = (
 
 
 def _verdict(summary: dict) -> tuple[str, str]:
-    """(text, css class) of the run's one-line verdict."""
+    """(text, css class) of the run's verdict: its lead lines (the non-finite event first), else the flag count."""
+    lead = summary.get("lead") or []
+    if lead:
+        bad = bool(summary.get("flags")) or summary.get("complete") is False
+        return " ".join(f"{line.rstrip('.')}." for line in lead), (
+            "bad" if bad else "warn" if summary.get("too_few_steps") else "ok")
     flags = summary.get("flags") or []
     mods = summary.get("flagged_modules") or []
     if flags:

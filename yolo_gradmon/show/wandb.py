@@ -145,6 +145,10 @@ class WandbSink(Sink):
         self._log_at_last_step(final)
         self.run.summary.update(rows.summary_fields(end.summary, self.alerts_sent, end.records)
                                 | self._noise.summary_fields(end.summary))
+        ev = end.summary.get("nonfinite_event")  # the event's one line, origin first (yolo_gradmon.judge.nonfinite)
+        if ev and self.cfg.wandb_alerts:
+            self.run.alert(title=f"gradmon: non-finite gradients from {ev.get('origin') or ev.get('direction')}",
+                           text=ev["line"], level="ERROR" if ev.get("alarm") else "WARN")
         self._finished = True
         if self.owns_run:
             self.run.finish()

@@ -218,6 +218,13 @@ def summary_fields(summary: dict, alerts_sent: int, records: Sequence[dict] = ()
     }
     if summary.get("verdict") is not None:
         out["gradmon/verdict"] = str(summary["verdict"])
+    lead = summary.get("lead") or []
+    if lead:
+        out["gradmon/lead"] = str(lead[0])  # the report's first line: the non-finite event first
+    out["gradmon/frozen_modules"] = ", ".join(summary.get("frozen_modules") or [])  # frozen, not judged
+    event = summary.get("nonfinite_event") or {}
+    if event:
+        out["gradmon/nonfinite_origin"] = str(event.get("origin") or event.get("direction") or "")
     for kind in KINDS:
         out[f"gradmon/n_{kind}"] = sum(1 for f in flags if f.get("kind") == kind)
     low = summary.get("lowest_grad_to_weight") or {}
