@@ -24,31 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def crowded_dataset(root: Path, n_train=8, n_val=4, imgsz=320, seed=1) -> Path:
-    import cv2
+    """The generated 2-class data, crowded: 25-40 small objects per image."""
+    from yolo_gradmon.demo import synthetic_dataset
 
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for k in range(n):
-            img = rng.integers(0, 80, size=(imgsz, imgsz, 3), dtype=np.uint8)
-            labels = []
-            for _ in range(int(rng.integers(25, 41))):
-                cls = int(rng.integers(0, 2))
-                s = int(rng.integers(imgsz // 40, imgsz // 8))
-                x0, y0 = (int(v) for v in rng.integers(0, imgsz - s, size=2))
-                color = tuple(int(c) for c in rng.integers(120, 256, size=3))
-                if cls == 0:
-                    cv2.rectangle(img, (x0, y0), (x0 + s, y0 + s), color, -1)
-                else:
-                    cv2.circle(img, (x0 + s // 2, y0 + s // 2), s // 2, color, -1)
-                labels.append(f"{cls} {(x0 + s / 2) / imgsz:.6f} {(y0 + s / 2) / imgsz:.6f} {s / imgsz:.6f} {s / imgsz:.6f}")
-            cv2.imwrite(str(root / "images" / split / f"{k:03d}.jpg"), img)
-            (root / "labels" / split / f"{k:03d}.txt").write_text("\n".join(labels) + "\n")
-    path = root / "data.yaml"
-    path.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                    "names": {0: "square", 1: "disc"}}))
-    return path
+    return synthetic_dataset(root, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed, objects=(25, 41), size=(40, 8))
 
 
 def real_dataset(name: str, tmp: Path) -> Path | None:

@@ -12,6 +12,7 @@ from conftest import requires_coco8
 from ultralytics import YOLO
 
 from yolo_gradmon import GradientMonitor
+from yolo_gradmon.fields import plain_values
 from yolo_gradmon.judge.nonfinite import locate_origin, nonfinite_event
 from yolo_gradmon.judge.rules import RuleEngine, StepView
 from yolo_gradmon import GradmonConfig
@@ -24,10 +25,11 @@ HEADER = {"layers": ["00.Conv", "01.Conv", "02.Conv", "03.Concat", "04.Detect"],
 
 
 def rec(step, g=None, w=None, out=None, gout=None, **kw):
+    """A plain step record, as the monitor makes it (NaN written here becomes None)."""
     g = g or [1.0] * 4
-    return {"step": step, "epoch": 1, "has_grad": [True] * 4, "grad_norm": g, "weight_norm": w or [1.0] * 4,
+    return plain_values({"step": step, "epoch": 1, "has_grad": [True] * 4, "grad_norm": g, "weight_norm": w or [1.0] * 4,
             "nonfinite": [int(v is None or not math.isfinite(v)) for v in g], "out_nonfinite": out,
-            "grad_out_nonfinite": gout, "grad_to_weight": [1e-3] * 4, "update_to_weight": [None] * 4, **kw}
+            "grad_out_nonfinite": gout, "grad_to_weight": [1e-3] * 4, "update_to_weight": [None] * 4, **kw})
 
 
 def test_origin_forward_backward_and_the_loss():

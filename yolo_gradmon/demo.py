@@ -25,8 +25,13 @@ def coco8_available(datasets_dir: Path = DATASETS_DIR) -> bool:
     return (Path(datasets_dir) / "coco8" / "images" / "train").is_dir()
 
 
-def synthetic_dataset(root: str | Path, n_train: int = 16, n_val: int = 8, imgsz: int = 320, seed: int = 0) -> Path:
-    """Write a small two-class detection dataset in Ultralytics layout; return its data YAML path."""
+def synthetic_dataset(root: str | Path, n_train: int = 16, n_val: int = 8, imgsz: int = 320, seed: int = 0,
+                      objects: tuple[int, int] = (1, 5), size: tuple[int, int] = (10, 3)) -> Path:
+    """Write a small two-class detection dataset in Ultralytics layout; return its data YAML path.
+
+    Each image holds ``objects[0]`` to ``objects[1] - 1`` squares and discs whose side is ``imgsz / size[0]`` to
+    ``imgsz / size[1]`` (the defaults: 1-4 objects, a tenth to a third of the image; ``objects=(25, 41),
+    size=(40, 8)`` gives a crowded scene)."""
     import cv2
 
     root = Path(root)
@@ -37,9 +42,9 @@ def synthetic_dataset(root: str | Path, n_train: int = 16, n_val: int = 8, imgsz
         for k in range(n):
             img = rng.integers(0, 80, size=(imgsz, imgsz, 3), dtype=np.uint8)
             labels = []
-            for _ in range(int(rng.integers(1, 5))):
+            for _ in range(int(rng.integers(*objects))):
                 cls = int(rng.integers(0, 2))
-                s = int(rng.integers(imgsz // 10, imgsz // 3))
+                s = int(rng.integers(imgsz // size[0], imgsz // size[1]))
                 x0, y0 = (int(v) for v in rng.integers(0, imgsz - s, size=2))
                 color = tuple(int(c) for c in rng.integers(120, 256, size=3))
                 if cls == 0:

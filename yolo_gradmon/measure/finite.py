@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from ..structure.layout import top_layers
+from .layer_hooks import ArmedLayerHooks
 from .flow import _tensors, warn_failed
 
 
-class FiniteWatch:
+class FiniteWatch(ArmedLayerHooks):
     """Per-layer non-finite output bits of the forward passes of logged steps.
 
     Args:
@@ -29,40 +30,26 @@ class FiniteWatch:
         layers = top_layers(model)
         if layers is None or len(layers) == 0:
             raise ValueError("the forward check needs an Ultralytics model (model.model is the list of layers)")
+        super().__init__()
         self.layers = layers
         self.n = len(layers)
         p = next(model.parameters(), None)
         self.device = p.device if p is not None else torch.device("cpu")
-        self.armed = False
         self.failed = False
-        self._handles: list = []
         self._sums: list[torch.Tensor] = []
         self._index: list[int] = []
         self._checked = 0  # passes folded into the bits this step
         self._bad = torch.zeros(self.n, dtype=torch.float32, device=self.device)
         self._idx_cache: dict[tuple, torch.Tensor] = {}
 
-    def arm(self, on: bool) -> None:
-        if on == self.armed:
-            return
-        if on:
-            self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
-            self._handles.append(self.layers[0].register_forward_pre_hook(self._start_pass))
-        else:
-            self._fold()
-            for h in self._handles:
-                h.remove()
-            self._handles = []
-        self.armed = on
-
-    def remove(self) -> None:
-        self.arm(False)
+    def _on_disarm(self) -> None:
+        self._fold()
 
     def _start_pass(self, module, inputs):
         if not self.failed:
             self._fold()
 
-    def _hook(self, i: int):
+    def _forward_hook(self, i: int):
         def hook(module, inputs, output):
             if self.failed or not (module.training and torch.is_grad_enabled()):
                 return

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..config import PREFIX
 from ..structure.layout import layer_names, top_layers
+from .layer_hooks import ArmedLayerHooks
 
 
 # ---------------------------------------------------------------------------------------------- tensors of outputs
@@ -62,7 +63,7 @@ def output_tensors(inputs, output) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- the hooks
-class FlowHooks:
+class FlowHooks(ArmedLayerHooks):
     """On-device, per-backward-pass norms of dL/d(output) of every top-level layer of ``model``.
 
     Args:
@@ -74,6 +75,7 @@ class FlowHooks:
         layers = top_layers(model)
         if layers is None or len(layers) == 0:
             raise ValueError("gradient flow needs an Ultralytics model (model.model is the list of layers)")
+        super().__init__()
         self.model = model
         self.layers = layers
         self.names = layer_names(model)
@@ -82,9 +84,7 @@ class FlowHooks:
         self.scale_fn = scale_fn or (lambda: None)
         p = next(model.parameters(), None)
         self.device = p.device if p is not None else torch.device("cpu")
-        self.armed = False
         self.failed = False  # a hook raised: the signal is off for the rest of the run (training is never stopped)
-        self._handles: list = []
         self._reset_step()
         self._reset_backward()
 
@@ -94,22 +94,8 @@ class FlowHooks:
             warn_failed("gradient flow", e)
 
     # ------------------------------------------------------------------ arming
-    def arm(self, on: bool) -> None:
-        """Hooks on (the next forward/backward passes belong to a logged step) or off (no hook at all)."""
-        if on == self.armed:
-            return
-        if on:
-            self._handles = [m.register_forward_hook(self._forward_hook(i)) for i, m in enumerate(self.layers)]
-            self._handles.append(self.layers[0].register_forward_pre_hook(self._start_pass))
-        else:
-            self.finalize()  # the last backward pass of the armed period
-            for h in self._handles:
-                h.remove()
-            self._handles = []
-        self.armed = on
-
-    def remove(self) -> None:
-        self.arm(False)
+    def _on_disarm(self) -> None:
+        self.finalize()  # the last backward pass of the armed period
 
     # ------------------------------------------------------------------ hooks
     def _start_pass(self, module, inputs):

@@ -35,8 +35,7 @@ from torch import nn
 from ..structure.layout import ModuleLayout, layer_names, top_layers
 from .flow import warn_failed
 
-FIELDS = ("gns_small_sq", "gns_big_sq", "gns_small_total", "gns_big_total", "gns_small_batch", "gns_big_batch")
-"""The record fields this module writes (per-layer arrays first, then per-step scalars)."""
+# the record fields this module writes are declared in yolo_gradmon.fields (gns_*)
 
 
 class NoiseProbe:

@@ -19,7 +19,7 @@ SNR_CHART_KEY = "gradmon/layers/snr"
 
 
 def noise_box_html(summary: dict) -> str:
-    """The report's first box: the noise-scale line and what it means for ``batch``/``nbs``."""
+    """The report's noise-scale box (after the verdict): the noise-scale line and what it means for ``batch``/``nbs``."""
     s = summary.get("noise_scale") or {}
     if not s.get("line"):
         return ""

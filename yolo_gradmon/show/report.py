@@ -143,8 +143,8 @@ def _verdict(summary: dict) -> tuple[str, str]:
     lead = summary.get("lead") or []
     if lead:
         bad = bool(summary.get("flags")) or summary.get("complete") is False
-        return " ".join(f"{line.rstrip('.')}." for line in lead), (
-            "bad" if bad else "warn" if summary.get("too_few_steps") else "ok")
+        lines = [f"{line[:1].upper()}{line[1:].rstrip('.')}." for line in lead]  # one line each, in reading order
+        return "\n".join(lines), ("bad" if bad else "warn" if summary.get("too_few_steps") else "ok")
     flags = summary.get("flags") or []
     mods = summary.get("flagged_modules") or []
     if flags:
@@ -245,9 +245,9 @@ def _html_page(summary: dict, steps: pl.DataFrame | None, log_path: Path, images
     body = (
         f"<h1>Gradient monitor report</h1><p class=\"muted\">{esc(what)} · generated {esc(generated)} from "
         f"{esc(log_path.name)}</p>"
+        f'<p class="verdict {vclass}">{esc(verdict).replace(chr(10), "<br>")}<br><small>data: '
+        f'{esc(describe_data(summary.get("data")))}</small></p>'
         f"{noise_box_html(summary)}"
-        f'<p class="verdict {vclass}">{esc(verdict)}<br><small>data: {esc(describe_data(summary.get("data")))}'
-        "</small></p>"
         f"<h2>Flags ({len(flags)})</h2>{flags_html}"
         f"{figs}"
         f"<h2>Run</h2>{facts}"
