@@ -12,9 +12,9 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def likely_cause(layer: int, view, layers: dict, cfg) -> str:
+def likely_cause(layer: int, view, graph: dict, cfg) -> str:
     """A one-line diagnosis of why ``layer``'s gradient vanishes, from the step's flow profile and activation health
-    on the layers between it and the head (``layers``: the log header's ``layers``/``layer_from``/``layer_acts``).
+    on the layers between it and the head (``graph``: the log header's ``layers``/``layer_from``/``layer_acts``).
 
     Checked in order: saturated units (>= ``cause_saturated``), dead units (>= ``cause_dead``; ReLU-family layers
     from ``dying_dead`` on: dying units), a cut (the gradient at one layer's output below ``vanish_flow_cut`` x the
@@ -23,9 +23,9 @@ def likely_cause(layer: int, view, layers: dict, cfg) -> str:
     only a layer that ``layer``'s own gradient must pass (every path from it to the head goes through it), so two
     flags share a cause only when their paths do.
     """
-    names = list(layers.get("layers") or [])
-    sources = layers.get("layer_from") or []
-    acts = layers.get("layer_acts") or [[] for _ in names]
+    names = list(graph.get("layers") or [])
+    sources = graph.get("layer_from") or []
+    acts = graph.get("layer_acts") or [[] for _ in names]
     if not names or not sources or not 0 <= layer < len(names):
         return "unknown (no layer graph in the log)"
     path = downstream(layer, sources)

@@ -130,9 +130,9 @@ class RuleEngine:
     """Incremental detector over logged steps for a fixed module list."""
 
     def __init__(self, modules: Sequence[str], trainable: Sequence[bool], cfg: GradmonConfig,
-                 layer_index: Sequence[int] | None = None, layers: dict | None = None):
+                 layer_index: Sequence[int] | None = None, graph: dict | None = None):
         self.layer_index = list(layer_index) if layer_index is not None else [-1] * len(modules)
-        self.layers = dict(layers or {})
+        self.graph = dict(graph or {})  # the log header's layer graph: layers, layer_from, layer_acts
         self.modules = list(modules)
         self.trainable = list(trainable)
         self.cfg = cfg
@@ -148,13 +148,13 @@ class RuleEngine:
         self._open: dict[tuple[str, int], Flag] = {}
         self._health: tuple | None = None  # the last activation-health sample: (saturated, dead, step)
         self._flow_att: Sequence | None = None  # the last measured flow profile (names the cause between samples)
-        names = self.layers.get("layers") or []
+        names = self.graph.get("layers") or []
         self._head = len(names) - 1 if names else -1
-        self._sources = [list(s) for s in (self.layers.get("layer_from") or [])]
+        self._sources = [list(s) for s in (self.graph.get("layer_from") or [])]
         self._cons = consumers(self._sources)
         self._behind_cache: dict[int, list[int]] = {}
         self._totals: list[float] = []  # finite total norms of logged steps (the spike rule's whole-model scale)
-        self.dying = DyingTracker(self.layers.get("layer_acts") or [], cfg.dying_dead, cfg.dying_window)
+        self.dying = DyingTracker(self.graph.get("layer_acts") or [], cfg.dying_dead, cfg.dying_window)
 
     def update(self, view: StepView) -> list[Flag]:
         """Consume one logged step; return the flags raised by it (new flags only)."""
@@ -301,15 +301,15 @@ class RuleEngine:
             "threshold_grad_to_weight": cfg.vanish_grad_to_weight,
             "update_to_weight": u,
             "window": cfg.vanish_window,
-            **({"cut_at": self.layers["layers"][cut[1]], "cut_ratio": cut[0], "threshold_flow_cut": cfg.vanish_flow_cut}
+            **({"cut_at": self.graph["layers"][cut[1]], "cut_ratio": cut[0], "threshold_flow_cut": cfg.vanish_flow_cut}
                if cut is not None else {}),
             "low_backward_passes": int(self._low_flow[i]),
             "low_logged_steps": int(self._low[i]),
         }
-        if li >= 0 and self.layers.get("layers"):
+        if li >= 0 and self.graph.get("layers"):
             if not _measured(view.flow_attenuation) and self._flow_att is not None:
                 view = dataclasses.replace(view, flow_attenuation=self._flow_att)
-            ev["cause"] = likely_cause(li, view, self.layers, cfg)
+            ev["cause"] = likely_cause(li, view, self.graph, cfg)
             if self._health is not None:
                 ev["health_step"] = self._health[2]
         return ev
@@ -349,8 +349,8 @@ def _nanmin(a, b) -> float:
 
 
 def evaluate(modules: Sequence[str], trainable: Sequence[bool], records: Iterable[dict], cfg: GradmonConfig,
-             layer_index: Sequence[int] | None = None, layers: dict | None = None) -> list[Flag]:
+             layer_index: Sequence[int] | None = None, graph: dict | None = None) -> list[Flag]:
     """Replay logged ``step`` records through a fresh :class:`RuleEngine`; return every flag."""
-    engine = RuleEngine(modules, trainable, cfg, layer_index, layers)
+    engine = RuleEngine(modules, trainable, cfg, layer_index, graph)
     engine.replay(records)
     return engine.flags
