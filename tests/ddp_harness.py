@@ -388,6 +388,7 @@ def _prepare_env(out: Path, nproc: int, source: Path) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["GRADMON_DDP_NPROC"] = str(nproc)
     os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.pop("WANDB_SERVICE", None)  # a W&B service of the calling process: rank 0 starts its own, as a training does
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["WANDB_DIR"] = str(out / "wandb-default")
     for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):

@@ -194,7 +194,12 @@ def test_wandb_one_group_one_run_per_variant(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
     monkeypatch.chdir(tmp_path)
-    out = run_grid(load_grid(path, {"project": "runs/abl", "name": "quick"}))
+    import wandb
+
+    try:
+        out = run_grid(load_grid(path, {"project": "runs/abl", "name": "quick"}))
+    finally:
+        wandb.teardown()  # stop this process's W&B service (and its WANDB_SERVICE variable) for the tests after
     runs = {}
     for log in sorted(out.rglob("run-*.wandb")):
         proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log.parent)],
