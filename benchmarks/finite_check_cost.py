@@ -42,7 +42,7 @@ def main():
     b = batch(a.batch, a.imgsz)
     w = FiniteWatch(m)
     own = []
-    hook, fold = w._hook, w._fold
+    hook, fold = w._forward_hook, w._fold
 
     def timed(fn):
         def inner(*args, **kw):
@@ -53,7 +53,7 @@ def main():
                 own.append(time.perf_counter() - t)
         return inner
 
-    w._hook = lambda i: timed(hook(i))
+    w._forward_hook = lambda i: timed(hook(i))
     w._fold = timed(fold)
 
     def one(check: bool) -> tuple[float, float]:

@@ -28,7 +28,8 @@ import torch
 
 from yolo_gradmon.measure.noise import NoiseProbe
 from yolo_gradmon.measure.params import GradientCapture
-from yolo_gradmon.record.logfile import plain, step_record
+from yolo_gradmon.fields import plain_values
+from yolo_gradmon.record.logfile import step_record
 from yolo_gradmon.record.noise import _arrays, pooled, windows
 from yolo_gradmon.structure.layout import build_layout
 
@@ -121,7 +122,7 @@ def window_estimate(model, pool, b: int, k: int, w: int, seed: int) -> dict:
 
     def keep(done):
         for s in done:
-            records.append(plain({**step_record(s, None), **s.extra}))
+            records.append(step_record(s, None))  # plain, the extra (noise) fields included
 
     for step in range(1, w + 1):
         model.zero_grad(set_to_none=True)
@@ -193,8 +194,8 @@ def main() -> None:
             row = {"model": cfg, "pool": f"{name}:{len(pool)}", "imgsz": args.imgsz, "k": args.k,
                    "windows": args.windows, "reference": ref, "estimates": ests, "seconds": round(time.time() - t0)}
             rows.append(row)
-            print(json.dumps(plain(row)), flush=True)
-    Path(args.out).write_text(json.dumps(plain(rows), indent=1))
+            print(json.dumps(plain_values(row)), flush=True)
+    Path(args.out).write_text(json.dumps(plain_values(rows), indent=1))
     print(markdown(json.loads(Path(args.out).read_text())))
 
 
