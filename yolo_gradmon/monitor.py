@@ -213,10 +213,10 @@ class GradientMonitor:
         if self._run is None or self._finished:
             return
         err = sys.exc_info()[1]
-        self._stopped_by = f"{type(err).__name__}: {err}" if err is not None else "training stopped before train end"
-        self._finish(trainer, complete=False)
+        self._finish(trainer, complete=False,
+                     stopped_by=f"{type(err).__name__}: {err}" if err is not None else "training stopped before train end")
 
-    def _finish(self, trainer, complete: bool) -> None:
+    def _finish(self, trainer, complete: bool, stopped_by: str | None = None) -> None:
         if self._run is None or self._finished:
             return
         self._finished = True
@@ -227,8 +227,7 @@ class GradientMonitor:
                     self._flush()
                 self._active = False
                 end = TrainEnd.build(self._run.header, self.records, self.flags, complete=complete,
-                                     log_path=self.out_dir / LOG_NAME,
-                                     stopped_by=None if complete else getattr(self, "_stopped_by", None))
+                                     log_path=self.out_dir / LOG_NAME, stopped_by=stopped_by)
                 self.summary = end.summary
                 self._fan_out.finish(end)
         except Exception as e:  # noqa: BLE001 - never stop the trainer at its very end
