@@ -113,6 +113,9 @@ class Timer:
             original(*a, **k)
             timer.added -= time.perf_counter() - t0
 
+        if BREAKDOWN:  # the trainer's own step is a part of its own, left out of the monitor's breakdown
+            timed_original = Sections.wrap(TRAINER_STEP, timed_original)
+
         def outer():
             t0 = time.perf_counter()
             inner()
@@ -157,7 +160,7 @@ def timed_into(clock, fn):
 
 
 class HookClock:
-    """Time spent inside the flow / activation-health hooks (forward and backward passes of logged steps).
+    """Time spent inside the flow / activation-health / forward finite-check hooks (passes of logged steps).
 
     On the CPU a hook's kernels run synchronously, so the wall time inside it is its full cost; on CUDA it
     is only the launch cost (read the step ratio there). Installed by patching the hook factories/methods
@@ -168,6 +171,7 @@ class HookClock:
 
     @classmethod
     def install(cls) -> None:
+        from yolo_gradmon.measure.finite import FiniteWatch
         from yolo_gradmon.measure.flow import FlowHooks
         from yolo_gradmon.measure.health import ActivationHealth
 
@@ -180,6 +184,7 @@ class HookClock:
         for klass, factories, methods in (
             (FlowHooks, ("_forward_hook", "_grad_hook"), ("_start_pass",)),
             (ActivationHealth, ("_enter",), ("_leave", "_act_hook")),
+            (FiniteWatch, ("_forward_hook",), ("_start_pass",)),  # the forward non-finite check
         ):
             for name in factories:
                 setattr(klass, name, timed_factory(getattr(klass, name)))
@@ -211,6 +216,121 @@ class SinkClock:
             klass.log_step = timed_into(cls, klass.log_step)
 
 
+class Sections:
+    """``--breakdown``: exclusive wall time per named part of the monitor and the thread it ran on.
+
+    Every patched function adds its own time minus the time of the patched functions it called, so the parts add up
+    without double counting. ``train`` is the training thread; ``worker`` anything else (the monitor's host worker).
+    On CUDA the device parts synchronize before and after themselves, so their time is the kernels' time and ``sync``
+    is the transfer alone (this serializes what normally overlaps: read the step ratio of a run without
+    ``--breakdown`` for the real cost there).
+    """
+
+    totals: dict = {}
+    _local = None
+    cuda = False
+
+    @classmethod
+    def snapshot(cls) -> dict:
+        return dict(cls.totals)
+
+    @classmethod
+    def wrap(cls, name: str, fn, device: bool = False):
+        import threading
+
+        if cls._local is None:
+            cls._local = threading.local()
+        local = cls._local
+
+        def wrapper(*a, **k):
+            stack = getattr(local, "stack", None)
+            if stack is None:
+                stack = local.stack = []
+            if device and cls.cuda:
+                torch.cuda.synchronize()
+            stack.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                if device and cls.cuda:
+                    torch.cuda.synchronize()
+                el = time.perf_counter() - t0
+                child = stack.pop()
+                role = "train" if threading.current_thread() is threading.main_thread() else "worker"
+                cls.totals[(role, name)] = cls.totals.get((role, name), 0.0) + el - child
+                if stack:
+                    stack[-1] += el
+
+        wrapper.__wrapped__ = fn
+        return wrapper
+
+    @classmethod
+    def patch(cls, owner, attr: str, name: str, device: bool = False, factory: bool = False) -> None:
+        fn = getattr(owner, attr)
+        if factory:  # a method returning the hook: time the hook
+            setattr(owner, attr, lambda self, *a, _f=fn: cls.wrap(name, _f(self, *a), device))
+        else:
+            setattr(owner, attr, cls.wrap(name, fn, device))
+
+    @classmethod
+    def install(cls, cuda: bool) -> None:
+        """Patch the monitor's parts (the names in the table of docs/performance.md)."""
+        from yolo_gradmon import monitor
+        from yolo_gradmon.judge.rules import RuleEngine, StepView
+        from yolo_gradmon.measure import params
+        from yolo_gradmon.measure.finite import FiniteWatch
+        from yolo_gradmon.measure.flow import FlowHooks
+        from yolo_gradmon.measure.health import ActivationHealth
+        from yolo_gradmon.measure.noise import NoiseProbe
+        from yolo_gradmon.show.console import ConsoleSink
+        from yolo_gradmon.show.local import LocalSink
+        from yolo_gradmon.show.wandb import WandbSink
+
+        cls.cuda = cuda
+        P = params.GradientCapture
+        cls.patch(monitor.GradientMonitor, "on_train_batch_start", "hooks: arming (batch start)")
+        cls.patch(monitor.GradientMonitor, "_on_optimizer_step", "glue: step wrapper")
+        cls.patch(P, "_read", "device: gradient/weight norms, max|grad|", device=True)
+        cls.patch(P, "_snapshot_weights", "device: weight copy (update ratio)", device=True)
+        cls.patch(P, "_measure_update", "device: update difference (update ratio)", device=True)
+        cls.patch(params, "_sync", "sync: one device-to-host copy")
+        cls.patch(P, "_decode", "host: decode the synced values")
+        for klass in (FlowHooks, ActivationHealth, FiniteWatch, NoiseProbe):
+            cls.patch(klass, "device_parts", "device: depth/noise parts", device=True)
+            cls.patch(klass, "host_fields", "host: depth/noise fields")
+        for klass, factories, methods, name in (
+            (FlowHooks, ("_forward_hook", "_grad_hook"), ("_start_pass",), "hooks: gradient flow"),
+            (ActivationHealth, ("_enter",), ("_leave", "_act_hook"), "hooks: activation health"),
+            (FiniteWatch, ("_forward_hook",), ("_start_pass",), "hooks: forward finite check"),
+        ):
+            for attr in factories:
+                cls.patch(klass, attr, name, factory=True)
+            for attr in methods:
+                cls.patch(klass, attr, name)
+        cls.patch(NoiseProbe, "read_small", "hooks: noise scale first micro-batch", device=True)
+        for target in _emit_targets(monitor):
+            cls.patch(*target)
+        cls.patch(RuleEngine, "update", "host: rules")
+        StepView.from_record = classmethod(cls.wrap("host: rules", StepView.from_record.__func__))
+        cls.patch(LocalSink, "log_step", "host: log write (local sink)")
+        cls.patch(WandbSink, "log_step", "host: W&B sink")
+        cls.patch(WandbSink, "on_flag", "host: W&B sink")
+        cls.patch(ConsoleSink, "on_flag", "host: console sink")
+
+
+def _emit_targets(monitor) -> list[tuple]:
+    """The glue that turns synced values into records and hands them on (differs between versions of monitor.py)."""
+    out = [(monitor, "step_record", "host: record building")]
+    for attr, name in (("_emit", "glue: emit"), ("_handle", "glue: emit"), ("_hand_off", "glue: hand-off to worker")):
+        if hasattr(monitor.GradientMonitor, attr):
+            out.append((monitor.GradientMonitor, attr, name))
+    worker = getattr(monitor, "HostWorker", None)
+    if worker is not None:
+        out.append((worker, "put", "glue: hand-off to worker"))
+    return out
+
+
 def load_alt_sink(path: str):
     """A copy of ``yolo_gradmon/show/wandb.py`` loaded beside the installed one (same package, other name)."""
     import importlib.util
@@ -225,6 +345,8 @@ def load_alt_sink(path: str):
 
 
 ALT_SINK = None  # the module loaded by --wandb-sink-file
+BREAKDOWN = False  # --breakdown: time the monitor's parts (Sections)
+TRAINER_STEP = "trainer: optimizer step"
 
 
 def closure_swap(fn, old, new):
@@ -314,7 +436,10 @@ def measure(args) -> dict:
     HookClock.install()
     WatchClock.install()
     NoiseClock.install()
-    global ALT_SINK
+    global ALT_SINK, BREAKDOWN
+    if args.breakdown:
+        BREAKDOWN = True
+        Sections.install(cuda=str(args.device) not in ("cpu", "mps"))
     from yolo_gradmon.show.wandb import WandbSink
 
     sink_classes = [WandbSink]
@@ -335,6 +460,7 @@ def measure(args) -> dict:
     sink_s = {v: [] for v in variants}
     noise_s = {v: [] for v in variants}
     rep_medians = {v: [] for v in variants}
+    parts = {v: {} for v in variants}  # --breakdown: (thread, part) -> seconds over the timed steps
     acc = args.accumulate
     for _ in range(2):  # warm-up
         train_step(tr, batch, acc)
@@ -353,11 +479,19 @@ def measure(args) -> dict:
                     s0 = SinkClock.seconds
                     w0 = WatchClock.seconds
                     n0 = NoiseClock.seconds
+                    b0 = Sections.snapshot()
                     t0 = time.perf_counter()
                     train_step(tr, batch, acc, start)  # start() arms the flow/health hooks for each pass
                     if tr.device.type == "cuda":
                         torch.cuda.synchronize()
                     times[v].append(time.perf_counter() - t0)
+                    if BREAKDOWN and timer:
+                        drain = getattr(timer.monitor, "drain_host_work", None)  # the worker's part of this step
+                        if drain is not None:
+                            drain()
+                        for key, sec in Sections.snapshot().items():
+                            if key[1] != TRAINER_STEP and sec - b0.get(key, 0.0) > 0:
+                                parts[v][key] = parts[v].get(key, 0.0) + sec - b0.get(key, 0.0)
                     if timer:
                         added[v].append(timer.added + HookClock.seconds + BatchStartClock.seconds - a0)
                         sink_s[v].append(SinkClock.seconds - s0)
@@ -405,6 +539,11 @@ def measure(args) -> dict:
                 row["wandb_sink_s"] = statistics.mean(sink_s[v])
                 row["wandb_sink_median_s"] = statistics.median(sink_s[v])
                 row["wandb_sink_fraction"] = row["wandb_sink_s"] / base
+        if parts[v]:  # per optimizer step, in ms, by thread
+            n = len(times[v])
+            row["breakdown_ms"] = {f"{role}/{part}": sec / n * 1e3 for (role, part), sec in sorted(parts[v].items())}
+            row["breakdown_train_thread_ms"] = sum(sec for (role, _), sec in parts[v].items() if role == "train") / n * 1e3
+            row["breakdown_worker_ms"] = sum(sec for (role, _), sec in parts[v].items() if role == "worker") / n * 1e3
         result["variants"][v] = row
     result["weight_copy_bytes"] = sum(p.numel() * p.element_size() for p in tr.model.parameters() if p.requires_grad)
     if tr.device.type == "cuda":
@@ -460,6 +599,19 @@ def scaling(args) -> dict:
     return out
 
 
+def print_breakdown(res: dict) -> None:
+    """The parts per optimizer step, one column per monitor variant."""
+    rows = [(v, r) for v, r in res["variants"].items() if r.get("breakdown_ms")]
+    if not rows:
+        return
+    keys = sorted({k for _, r in rows for k in r["breakdown_ms"]}, key=lambda k: (k.split("/")[0] != "train", k))
+    print(f"\n{'part (ms per optimizer step)':<58}" + "".join(f"{v:>14}" for v, _ in rows))
+    for k in keys:
+        print(f"{k:<58}" + "".join(f"{r['breakdown_ms'].get(k, 0.0):>14.3f}" for _, r in rows))
+    print(f"{'training thread, total':<58}" + "".join(f"{r['breakdown_train_thread_ms']:>14.3f}" for _, r in rows))
+    print(f"{'worker thread, total':<58}" + "".join(f"{r['breakdown_worker_ms']:>14.3f}" for _, r in rows))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="yolo26n.yaml")
@@ -477,6 +629,9 @@ def main():
     ap.add_argument("--wandb-sink-file", default=None, metavar="PATH",
                     help="also run each W&B variant with this copy of yolo_gradmon/show/wandb.py (variant <name>@alt), "
                     "interleaved, to compare the W&B sink's cost per logged step (wandb_sink_s) side by side")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time each part of the monitor (device work, the sync, host work by part, each sink) and "
+                    "the thread it runs on; the patched timers add a few microseconds per call")
     ap.add_argument("--scaling", action="store_true", help="capture cost vs n/s/m scale and memory bandwidth")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -498,6 +653,8 @@ def main():
                 add += f"  W&B sink {r['wandb_sink_s'] * 1e3:.2f} ms/step (median {r['wandb_sink_median_s'] * 1e3:.2f})"
             print(f"{v:<14} {r['median_step_s'] * 1e3:>10.1f}ms {r['ratio_to_plain']:>7.3f} "
                   f"{r['mean_ratio_to_plain']:>10.3f} {add:>22}")
+    if not args.scaling and args.breakdown:
+        print_breakdown(res)
     if not args.scaling:
         print("monitor added = time inside the optimizer_step wrapper plus time inside the flow/health hooks "
               "(forward/backward); on CUDA the hooks' kernels are asynchronous: read the ratio there")

@@ -66,12 +66,27 @@ class StepStats:
 
 @dataclasses.dataclass
 class _Pending:
-    """A logged step whose host part is known and whose ‖Δw‖ / AMP-skip result is still on the device."""
+    """The device side of a logged step whose ‖Δw‖ / AMP-skip result is not synced yet."""
 
-    stats: StepStats
     scale_before: torch.Tensor | None
     scale_after: torch.Tensor | None = None
     update_sq: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class _Synced:
+    """What one host sync brought back: this logged step's values and, with ``previous``, the previous logged step's
+    ‖Δw‖ / AMP-skip part. Plain numpy; :meth:`GradientCapture._decode` turns it into records."""
+
+    step: int
+    epoch: int
+    lr: list[float]
+    host: np.ndarray | None  # None: a flush (only ``previous``)
+    previous: np.ndarray | None
+    has_grad: np.ndarray | None = None
+    amp: bool = False
+    nonfinite: np.ndarray | None = None  # exact counts, only when a synced norm was non-finite
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 class GradientCapture:
@@ -93,7 +108,9 @@ class GradientCapture:
         self._weight_split = _Split.of(range(len(layout.params)), layout.params, layout.group_of, self.device)
         self._copy_split: _Split | None = None  # trainable weights, split by size (the update ratio's copy)
         self._copy_small: torch.Tensor | None = None
-        self._pending: _Pending | None = None
+        self._pending: _Pending | None = None  # device side of the last logged step
+        self._host_pending: StepStats | None = None  # its host side, completed by the next sync
+        self._has_grad: np.ndarray | None = None
         self._copy: list[torch.Tensor] | None = None
         self._copy_params: list[torch.Tensor] | None = None
         self._copy_fresh = False  # weights copied before the last step, ‖Δw‖ not measured yet
@@ -144,12 +161,16 @@ class GradientCapture:
             self._measure_update()
             if self._pending is None:
                 return []
-            stats = self._complete(self._pending, _sync(self._pending_tensors()))
+            synced = _Synced(step=-1, epoch=-1, lr=[], host=None, previous=_sync(self._pending_tensors()))
         self._pending = None
-        return [stats]
+        return self._decode(synced)
 
     # ------------------------------------------------------------------ internals
     def _capture(self, step, epoch, lr, scaler, update: bool = True) -> list[StepStats]:
+        return self._decode(self._read(step, epoch, lr, scaler, update))
+
+    def _read(self, step, epoch, lr, scaler, update: bool = True) -> "_Synced":
+        """The logged step's device work and its one host sync (what must run before the optimizer step)."""
         L = self.layout
         G = L.n_groups
         all_grads = [p.grad for p in L.params]
@@ -157,6 +178,8 @@ class GradientCapture:
         if present != self._split_key:
             self._split_key = present
             self._grad_split = _Split.of([i for i, ok in enumerate(present) if ok], L.params, L.group_of, self.device)
+            self._has_grad = np.zeros(G, dtype=bool)
+            self._has_grad[np.asarray([g for g, ok in zip(L.group_of, present) if ok], dtype=np.int64)] = True
         gs, ws = self._grad_split, self._weight_split
         zeros = torch.zeros(G, device=self.device, dtype=torch.float32)
         scale = amp_scale_tensor(scaler)
@@ -192,49 +215,61 @@ class GradientCapture:
         self.last_grad_sq = grad_sq  # per module, AMP scale removed: the big batch of .noise.NoiseProbe
         extra = {k: t for src in self.extra_sources for k, t in src.device_parts().items()}
         parts += list(extra.values())
+        n_prev = 0
         if self._pending is not None:
-            parts = self._pending_tensors() + parts
+            prev = self._pending_tensors()
+            n_prev = sum(t.numel() for t in prev)
+            parts = prev + parts
         host = _sync(parts)
-        done = []
-        if self._pending is not None:
-            n_prev = sum(t.numel() for t in self._pending_tensors())
-            done.append(self._complete(self._pending, host[:n_prev]))
-            host = host[n_prev:]
-        grad_sq_h, weight_sq_h, max_abs_h = host[:G], host[G : 2 * G], host[2 * G : 3 * G]
-        amp_scale = float(host[3 * G]) if scale is not None else None
+        prev_h, host = (host[:n_prev], host[n_prev:]) if self._pending is not None else (None, host)
         off, extra_h = 3 * G + (scale is not None), {}
         for k, t in extra.items():
             extra_h[k], off = host[off : off + t.numel()], off + t.numel()
+        # the sources reset their per-step buffers here, before the next pass's hooks add to them
         extra_fields = {k: v for src in self.extra_sources for k, v in src.host_fields(extra_h).items()}
+        has_grad = self._has_grad
+        nonfinite = None
+        if not np.all(np.isfinite(host[:G][has_grad])):  # the exact count needs these very gradients
+            nonfinite = self._count_nonfinite(gs.pick(all_grads), gs.gid, G)
+        self._pending = _Pending(scale_before=scale.clone() if scale is not None else None)
+        return _Synced(step=step, epoch=epoch, lr=[float(x) for x in lr], host=host, previous=prev_h,
+                       has_grad=has_grad, amp=scale is not None, nonfinite=nonfinite, extra=extra_fields)
 
-        has_grad = np.zeros(G, dtype=bool)
-        has_grad[np.asarray([g for g, ok in zip(L.group_of, present) if ok], dtype=np.int64)] = True
+    def _decode(self, synced: "_Synced") -> list[StepStats]:
+        """The host side of a logged step: complete the previous record, start this one (plain numpy)."""
+        G = self.layout.n_groups
+        done = []
+        if synced.previous is not None and self._host_pending is not None:
+            done.append(self._complete(self._host_pending, synced.previous))
+            self._host_pending = None
+        if synced.host is None:
+            return done
+        host, has_grad = synced.host, synced.has_grad
+        grad_sq_h, weight_sq_h, max_abs_h = host[:G], host[G : 2 * G], host[2 * G : 3 * G]
+        amp_scale = float(host[3 * G]) if synced.amp else None
         grad_norm = np.sqrt(grad_sq_h)
         weight_norm = np.sqrt(weight_sq_h)
-        nonfinite = np.zeros(G, dtype=np.int64)
-        if not np.all(np.isfinite(grad_norm[has_grad])):
-            nonfinite = self._count_nonfinite(gs.pick(all_grads), gs.gid, G)
+        nonfinite = synced.nonfinite if synced.nonfinite is not None else np.zeros(G, dtype=np.int64)
         with np.errstate(divide="ignore", invalid="ignore"):
             g2w = np.where(weight_norm > 0, grad_norm / weight_norm, np.nan)
         total = float(np.sqrt(grad_sq_h[has_grad].sum())) if has_grad.any() else 0.0
-        stats = StepStats(
-            step=step,
-            epoch=epoch,
-            lr=[float(x) for x in lr],
+        self._host_pending = StepStats(
+            step=synced.step,
+            epoch=synced.epoch,
+            lr=synced.lr,
             amp_scale=amp_scale,
             amp_skipped=None,
             total_norm=total,
             clip_active=bool(total > self.clip_norm) if math.isfinite(total) else True,
-            has_grad=has_grad,
+            has_grad=has_grad.copy(),
             grad_norm=np.where(has_grad, grad_norm, np.nan),
             weight_norm=weight_norm,
             grad_to_weight=np.where(has_grad, g2w, np.nan),
             update_to_weight=np.full(G, np.nan),
             max_abs_grad=np.where(has_grad, max_abs_h, np.nan),
             nonfinite=nonfinite,
-            extra=extra_fields,
+            extra=synced.extra,
         )
-        self._pending = _Pending(stats, scale_before=scale.clone() if scale is not None else None)
         return done
 
     def _count_nonfinite(self, grads, gid, G) -> np.ndarray:
@@ -289,9 +324,8 @@ class GradientCapture:
             parts.append((p.scale_after < p.scale_before).float().reshape(1))
         return parts
 
-    def _complete(self, pending: _Pending, host: np.ndarray) -> StepStats:
+    def _complete(self, s: StepStats, host: np.ndarray) -> StepStats:
         G = self.layout.n_groups
-        s = pending.stats
         upd = np.sqrt(host[:G])
         with np.errstate(divide="ignore", invalid="ignore"):
             u2w = np.where(s.weight_norm > 0, upd / s.weight_norm, np.nan)
