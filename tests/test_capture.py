@@ -164,3 +164,66 @@ def test_one_sync_per_logged_step(monkeypatch):
         n_before = len(calls)
         run(model, layout, cap, opt, scaler, step=step, logged=step % 2 == 1, seed=step)
         assert len(calls) - n_before == (1 if step % 2 == 1 else 0)
+
+
+def _weight_norms(layout):
+    out = np.zeros(layout.n_groups)
+    for p, g in zip(layout.params, layout.group_of):
+        out[g] += float(p.detach().double().norm()) ** 2
+    return np.sqrt(out)
+
+
+def test_weight_norms_and_max_grad_sampled_grad_to_weight_from_the_last_measured_weights():
+    """Between slow steps (every update_every-th logged one) the weight norms and max |grad| are not read: they are
+    NaN (null in the log), grad/weight divides by the last measured weight norms, and the records say which is which."""
+    model = make()
+    layout = build_layout(model, "layer")
+    cap = GradientCapture(layout, update_ratio=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    records, weights_before = [], []
+
+    def one(step, slow):
+        torch.manual_seed(step)
+        model(torch.randn(4, 3, 8, 8)).pow(2).mean().backward()
+        weights_before.append(_weight_norms(layout))
+        grads = reference(layout)
+        done = cap.step(lambda: ultralytics_step(model, opt, scaler), step=step, epoch=1, logged=True, slow=slow,
+                        lr=[0.1], scaler=scaler)
+        records.extend(done)
+        return grads
+
+    grads = [one(1, True), one(2, False), one(3, False), one(4, True)]
+    records += cap.flush()
+    assert [r.weights_measured for r in records] == [True, False, False, True]
+    for k in (1, 2):  # weights from step 1 (the weights before step 1's update), gradients of their own step
+        assert np.isnan(records[k].weight_norm).all() and np.isnan(records[k].max_abs_grad).all()
+        np.testing.assert_allclose(records[k].grad_norm, grads[k], rtol=1e-5)
+        np.testing.assert_allclose(records[k].grad_to_weight, grads[k] / weights_before[0], rtol=1e-5)
+    np.testing.assert_allclose(records[3].weight_norm, weights_before[3], rtol=1e-5)
+    np.testing.assert_allclose(records[3].grad_to_weight, grads[3] / weights_before[3], rtol=1e-5)
+    assert (records[3].max_abs_grad > 0).all()
+    line = step_record(records[1], None)
+    assert line["weights_measured"] is False and line["weight_norm"] == [None] * layout.n_groups
+    assert line["max_abs_grad"] == [None] * layout.n_groups and None not in line["grad_to_weight"]
+
+
+def test_weights_measured_on_the_step_after_a_nonfinite_one():
+    """A NaN gradient makes the next logged step read the weight norms whatever the schedule says (are the weights
+    still finite?), so the non-finite event can say when the weights went bad."""
+    model = make()
+    layout = build_layout(model, "layer")
+    cap = GradientCapture(layout, update_ratio=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    records = []
+    for step, slow in ((1, True), (2, False), (3, False), (4, False)):
+        torch.manual_seed(step)
+        model(torch.randn(4, 3, 8, 8)).pow(2).mean().backward()
+        if step == 2:
+            next(model.parameters()).grad[0] = float("nan")
+        records += cap.step(lambda: opt.step() or opt.zero_grad(), step=step, epoch=1, logged=True, slow=slow,
+                            lr=[0.1], scaler=scaler)
+    records += cap.flush()
+    assert [r.weights_measured for r in records] == [True, False, True, True]  # 3: after the NaN; 4: still NaN
+    assert np.isnan(records[2].weight_norm[0]) and np.isfinite(records[0].weight_norm).all()  # NaN since step 2's update

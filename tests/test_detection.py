@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import numpy as np
 import polars as pl
@@ -18,6 +19,7 @@ import pytest
 import torch
 from conftest import requires_coco8
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ultralytics import YOLO
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
@@ -30,6 +32,7 @@ from yolo_gradmon.structure.graph import upstream_only
 from yolo_gradmon.structure.layout import layer_sources
 from yolo_gradmon.record.tables import layer_frame
 from yolo_gradmon.measure.layer_signals import DepthSignals
+from yolo_gradmon.show.sink import Sink
 from yolo_gradmon.testing import GradientPlant, expected_vanishing, precision_recall
 
 TRAIN = dict(data="coco8.yaml", imgsz=160, batch=1, nbs=1, workers=0, device="cpu", plots=False, val=False,
@@ -233,12 +236,31 @@ def test_upstream_only_respects_skip_and_concat_routes():
 
 
 # ---------------------------------------------------------------------------------------------------- real training
-def planted_run(cfg, layer, tmp_path, factor=1e-6, start=0, stop=None, epochs=3, **opts):
+def planted_run(cfg, layer, tmp_path, factor=1e-6, start=0, stop=None, epochs=3, sinks=(), **opts):
     model = YOLO(cfg)
     plant = GradientPlant(layer, factor, start=start, stop=stop).attach(model)
-    mon = GradientMonitor(wandb=False, **opts).attach(model)
+    mon = GradientMonitor(wandb=False, **opts)
+    mon.extra_sinks += list(sinks)
+    mon.attach(model)
     model.train(epochs=epochs, project=str(tmp_path), name=f"plant{layer}", **TRAIN)
     return plant, mon
+
+
+class FlagClock(Sink):
+    """An extra sink noting each flag, and which thread delivers the monitor's per-step events."""
+
+    name = "flag-clock"
+
+    def __init__(self):
+        self.flags: list[tuple[str, str, int]] = []
+        self.threads: set[int] = set()
+
+    def log_step(self, record, n_flagged):
+        self.threads.add(threading.get_ident())
+
+    def on_flag(self, flag):
+        self.threads.add(threading.get_ident())
+        self.flags.append((flag.kind, flag.module, flag.first_step))
 
 
 @requires_coco8
@@ -275,12 +297,26 @@ def test_planted_choke_flagged_with_precision_and_recall_one(cfg, layer, tmp_pat
 @requires_coco8
 @pytest.mark.parametrize("factor, kind", [(1e4, "exploding"), (math.nan, "nonfinite")])
 def test_planted_amplification_or_nan_flagged_within_one_logged_step(factor, kind, tmp_path):
-    plant, mon = planted_run("yolo11n.yaml", 9, tmp_path, factor=factor, start=6, stop=7)
+    clock, seen_at = FlagClock(), {}
+
+    def before_optimizer_step(optimizer, args, kwargs):  # the trainer's own step: what the sinks have by then
+        n = len(seen_at) + 1
+        seen_at[n] = {step for k, _, step in clock.flags if k == kind}
+
+    handle = register_optimizer_step_pre_hook(before_optimizer_step)
+    try:
+        plant, mon = planted_run("yolo11n.yaml", 9, tmp_path, factor=factor, start=6, stop=7, sinks=[clock])
+    finally:
+        handle.remove()
     # backward pass 6 (0-based) is optimizer step 7 (batch=nbs=1): flagged at that step, training completed
     # (after the NaN step Ultralytics' own NaN recovery reloads last.pt and redoes the epoch)
     assert read_log(mon.out_dir).ended and plant.applied == 1
     hit = sorted({f.first_step for f in mon.flags if f.kind == kind})
     assert hit and hit[0] == 7, [(f.kind, f.module, f.first_step) for f in mon.flags]
+    # the record of step 7 completes when step 8 starts (its update ratio is synced then); judged and shown on the
+    # host worker's thread while step 8 runs, its flag is with every sink before the trainer's step 9 runs
+    assert 7 in seen_at[9], seen_at
+    assert clock.threads and threading.get_ident() not in clock.threads  # never on the training thread
     assert {f.module for f in mon.flags if f.kind == kind and f.first_step == 7} >= {"07.Conv", "08.C3k2", "09.SPPF"}
     assert not [f for f in mon.flags if f.kind == "vanishing"]
 

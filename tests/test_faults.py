@@ -337,6 +337,10 @@ CHILD = textwrap.dedent(
         done.flush()
 
     register_optimizer_step_post_hook(count)
+    if len(sys.argv) > 4:  # a slow local sink: the worker holds a record most of the time
+        import yolo_gradmon.show.local as local
+        write = local.LocalSink.log_step
+        local.LocalSink.log_step = lambda self, record, n: (time.sleep(float(sys.argv[4])), write(self, record, n))
     model = YOLO("yolo26n.yaml")
     GradientMonitor(wandb=False).attach(model)
     # from epoch 2 on, slow down so the parent's kill lands mid-epoch
@@ -347,15 +351,14 @@ CHILD = textwrap.dedent(
 KILL_AT = 6  # step lines in the log (epoch 2 has steps 5-8)
 
 
-@pytest.fixture(scope="module")
-def killed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("kill")
+def _kill_mid_epoch(tmp: Path, sink_delay: float | None = None) -> SimpleNamespace:
     script = tmp / "child.py"
     script.write_text(f"TRAIN = {TRAIN_B1!r}\n" + CHILD)
     side = tmp / "optimizer_steps.txt"
     log = tmp / "runs" / "killed" / "gradmon" / "gradients.jsonl"
+    extra = [str(sink_delay)] if sink_delay is not None else []
     with open(tmp / "child.out", "w") as out:
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp / "runs"), "killed", str(side)],
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp / "runs"), "killed", str(side), *extra],
                                 stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 240
         n = 0
@@ -373,23 +376,46 @@ def killed(tmp_path_factory):
     return SimpleNamespace(proc=proc, run=log.parent.parent, copy=copy_dir, done=len(side.read_text().split()))
 
 
-@requires_coco8
-def test_sigkill_loses_at_most_the_last_step_and_report_rebuilds(killed):
-    assert killed.proc.returncode == -signal.SIGKILL
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    return _kill_mid_epoch(tmp_path_factory.mktemp("kill"))
+
+
+IN_FLIGHT = 2  # records a SIGKILL can take: the one the host worker holds, and the last step's (its ‖Δw‖ on the device)
+
+
+def _surviving_steps(killed) -> list[int]:
     path = killed.copy / "gradmon" / "gradients.jsonl"
     lines = path.read_text().splitlines()
     for line in lines[:-1]:
         json.loads(line)  # only the very last line may be torn
-    log = read_log(killed.copy)
-    steps = [r["step"] for r in log.steps]
+    steps = [r["step"] for r in read_log(killed.copy).steps]
     assert steps == list(range(1, len(steps) + 1))  # no gaps, no duplicates
-    assert len(steps) >= KILL_AT and len(steps) >= killed.done - 1  # every completed step but at most the last
+    return steps
+
+
+@requires_coco8
+def test_sigkill_loses_at_most_the_records_in_flight_and_report_rebuilds(killed):
+    assert killed.proc.returncode == -signal.SIGKILL
+    log = read_log(killed.copy)
+    steps = _surviving_steps(killed)
+    assert len(steps) >= KILL_AT and len(steps) >= killed.done - IN_FLIGHT  # every completed step but those in flight
     assert not log.ended and 2 not in log.epoch_ends and log.epoch_ends[1] == 4  # killed mid-epoch 2
     summary = rebuild(killed.copy)  # what `yolo-gradmon report` starts from
     assert summary["steps_logged"] == len(steps) and summary["complete"] is False
     df = pl.read_parquet(killed.copy / "gradmon" / "gradients.parquet")
     assert df.height == len(steps) * len(log.modules)
     assert sorted(df["step"].unique().to_list()) == steps
+
+
+@requires_coco8
+def test_sigkill_with_a_slow_sink_still_loses_at_most_two(tmp_path):
+    """A local sink taking 0.3 s per record (longer than a training step here): the training thread waits for the
+    worker (one record in flight, never a backlog), so a kill still takes at most the two records in flight."""
+    killed = _kill_mid_epoch(tmp_path, sink_delay=0.3)
+    assert killed.proc.returncode == -signal.SIGKILL
+    steps = _surviving_steps(killed)
+    assert len(steps) >= KILL_AT and 0 <= killed.done - len(steps) <= IN_FLIGHT, (killed.done, steps)
 
 
 @requires_coco8
@@ -473,6 +499,47 @@ def test_local_write_failure_one_error_training_completes_sinks_stream(disk_run)
         log = read_log(run.save_dir)
         assert [r["step"] for r in log.steps] == [1]  # what was written before the failure stays readable
         assert not (run.save_dir / "gradmon" / "gradients.parquet").exists()
+
+
+class StuckSink(RecordingSink):
+    """A sink whose third step hangs (a W&B call that never returns) far longer than the monitor waits."""
+
+    name = "stuck"
+
+    def __init__(self, release: threading.Event):
+        super().__init__()
+        self.release = release
+
+    def log_step(self, record, n_flagged):
+        super().log_step(record, n_flagged)
+        if record["step"] == 3:
+            self.release.wait(60)
+
+
+@requires_coco8
+def test_stuck_sink_switches_the_monitor_off_training_completes(tmp_path, monkeypatch):
+    import yolo_gradmon.host_worker as host_worker
+
+    monkeypatch.setattr(host_worker, "STALL_SECONDS", 1.0)
+    release = threading.Event()
+    model = YOLO("yolo26n.yaml")
+    mon = GradientMonitor(wandb=False)
+    sink = StuckSink(release)
+    mon.extra_sinks.append(sink)
+    mon.attach(model)
+    t0 = time.perf_counter()
+    try:
+        with logged_records() as records:
+            model.train(epochs=2, project=str(tmp_path), name="stuck", **TRAIN_B1)
+    finally:
+        release.set()
+    assert (tmp_path / "stuck" / "weights" / "last.pt").is_file()  # training completed, all 8 steps
+    errors = gradmon_messages(records)
+    assert len(errors) == 1 and "did not finish within 1 s" in errors[0] and "Training continues" in errors[0], errors
+    assert time.perf_counter() - t0 < 50  # waited about one stall limit, not the sink's 60 s
+    log = read_log(mon.out_dir)
+    assert [r["step"] for r in log.steps][:2] == [1, 2]  # written before the stuck record: readable
+    assert mon.summary is not None and mon.summary["complete"] is True
 
 
 # ---------------------------------------------------------------------------------------------------- mid-run reloads

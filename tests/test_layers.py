@@ -19,12 +19,13 @@ LAYERS = [
     ("judge",),                      # rules and cause diagnosis over logged numbers
     ("record",),                     # the log, its reader, derived tables
     ("show",),                       # sinks, figures, HTML report
-    ("hook", "monitor", "trainer", "preflight", "testing", "demo"),  # the Ultralytics glue and ground-truth utilities
+    ("hook", "host_worker", "monitor", "trainer", "preflight", "testing", "demo"),  # the Ultralytics glue, the host thread,
+    # and ground-truth utilities
     ("ablate",),                     # swaps, grids, runner, comparison
     ("cli", "__init__"),             # the command line and the public package surface
 ]
 RANK = {name: r for r, names in enumerate(LAYERS) for name in names}
-TORCH_FREE = ("fields", "judge", "record", "structure.graph", "structure.activations")
+TORCH_FREE = ("fields", "judge", "record", "structure.graph", "structure.activations", "host_worker")
 
 
 def module_name(path: Path) -> str:

@@ -61,7 +61,7 @@ class GradmonConfig:
     log_every: int = _option(1, "capture every N-th optimizer step (1 = all)")
     granularity: str = _option("layer", "statistics per layer (model.model[i]) | module (conv/bn/linear leaf) | param (tensor)")
     update_ratio: bool = _option(True, "measure ||dw||/||w|| per step; holds ONE copy of the trainable weights (never of gradients)")
-    update_every: int = _option(10, "measure the update ratio on every N-th logged step (1 = every logged step; null in between)")
+    update_every: int = _option(10, "update ratio, weight norms, max |grad|: every N-th logged step (1 = every logged step; null between)")
     flow: bool = _option(True, "gradient flow: ||dL/d out|| at every top-level layer's output")
     flow_every: int = _option(2, "measure the flow on every N-th forward/backward pass of logged steps (1 = all)")
     activation_health: bool = _option(True, "saturated (Sigmoid/Tanh-like) and dead (ReLU-like) units per layer")

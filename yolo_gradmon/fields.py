@@ -29,7 +29,9 @@ class Field:
         label: what it is, in words and symbols, for chart titles and tables.
         log10: charted on a log scale (a positive quantity spanning decades).
         sampled: measured only on some logged steps (``update_every``, ``flow_every``, ``health_every``); ``None``
-            (or an absent per-layer field) on the others.
+            (or an absent per-layer field) on the others. ``weight_norm`` and ``max_abs_grad`` are measured with the
+            update ratio's cadence (``weights_measured`` says where); ``grad_to_weight`` is on every logged step, from
+            the last measured weight norm.
         optional: absent from logs written without its signal (the per-layer fields without flow / health).
         chart: has a native W&B line chart (``gradmon/layers/<name>``), every module or layer a line.
     """
@@ -58,12 +60,13 @@ FIELDS: tuple[Field, ...] = (
     Field("total_norm", STEP, label="total ‖grad‖ before clipping"),
     Field("clip_active", STEP, "bool"),
     Field("warmup", STEP, "bool"),
+    Field("weights_measured", STEP, "bool", optional=True),  # weight_norm and max_abs_grad measured at this step
     Field("has_grad", MODULE, "bool"),
     Field("grad_norm", MODULE, label="‖grad‖", log10=True, chart=True),
-    Field("weight_norm", MODULE),
+    Field("weight_norm", MODULE, sampled=True),  # with max_abs_grad: every update_every-th logged step
     Field("grad_to_weight", MODULE, label="‖grad‖/‖w‖", log10=True, chart=True),
     Field("update_to_weight", MODULE, label="‖Δw‖/‖w‖", log10=True, sampled=True, chart=True),
-    Field("max_abs_grad", MODULE, label="max |grad|", log10=True),
+    Field("max_abs_grad", MODULE, label="max |grad|", log10=True, sampled=True),
     Field("nonfinite", MODULE, "int"),
     Field("flow_backwards", STEP, "int", optional=True),
     Field("flow_norm", LAYER, label="flow ‖dL/d out‖", log10=True, sampled=True, optional=True),

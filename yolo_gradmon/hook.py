@@ -130,6 +130,24 @@ def check_steps_reached(trainer, steps: int, batches: int) -> None:
         )
 
 
+def run_first(trainer, event: str, fn: Callable) -> Callable[[], None]:
+    """Place ``fn`` before every other callback of ``event`` on this trainer (Ultralytics runs an event's callbacks in
+    list order); returns the function that takes it off again."""
+    callbacks = getattr(trainer, "callbacks", None)
+    if not isinstance(callbacks, dict):
+        return lambda: None
+    fns = callbacks.setdefault(event, [])
+    fns.insert(0, fn)
+
+    def remove() -> None:
+        try:
+            fns.remove(fn)
+        except ValueError:
+            pass
+
+    return remove
+
+
 def dedupe_callbacks(trainer, monitor) -> None:
     """Keep one registration of each of ``monitor``'s callbacks (``add_callback`` called twice by hand)."""
     from ultralytics.utils import LOGGER

@@ -2,8 +2,10 @@
 
 One way through the layers at each optimizer step: the :class:`~yolo_gradmon.hook.StepHook` hands the trainer's
 step to :mod:`~yolo_gradmon.measure` (the :class:`~yolo_gradmon.measure.schedule.Schedule` says what to measure, the
-probe measures it on the device with one host sync), the record goes to :mod:`~yolo_gradmon.judge` (flags) and to
-every sink of :mod:`~yolo_gradmon.show` (local files, W&B, console).
+probe measures it on the device with one host sync). That is all the training thread does: the synced values go to
+the :class:`~yolo_gradmon.host_worker.HostWorker`, whose thread makes the record, judges it
+(:mod:`~yolo_gradmon.judge`) and hands it to every sink of :mod:`~yolo_gradmon.show` (local files, W&B, console).
+Epoch and train end wait for that thread, so every sink sees every event in order.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from ultralytics.utils.torch_utils import unwrap_model
 from . import hook
 from .config import PREFIX, GradmonConfig
 from .hook import HookError, StepHook  # noqa: F401 - HookError is part of the monitor's API
+from .host_worker import HostWorker
 from .judge.rules import RuleEngine, StepView
-from .measure.params import StepStats, amp_scale_tensor
+from .measure.params import StepStats, SyncedStep, amp_scale_tensor
 from .measure.probe import ModelProbe
 from .measure.schedule import Schedule
 from .record.logfile import LOG_NAME, header_record, resume_log, step_record
@@ -103,6 +106,8 @@ class GradientMonitor:
         self._engine: RuleEngine | None = None
         self._run: RunInfo | None = None
         self._fan_out: Fanout | None = None
+        self._worker: HostWorker | None = None  # the host work of logged steps, off the training thread
+        self._unhook_epoch_end = None
         self._warmup: dict[int, bool | None] = {}  # logged step -> in warm-up, until its record completes
         self._recoveries = 0  # Ultralytics' nan_recovery_attempts last seen
         self._reloaded_at: int | None = None  # first optimizer step after Ultralytics reloaded last.pt
@@ -161,6 +166,9 @@ class GradientMonitor:
                             callbacks=getattr(trainer, "callbacks", None))
         self._fan_out = Fanout(self.cfg, self.extra_sinks)
         self._fan_out.start(self._run)
+        self._worker = HostWorker(self._host_work)
+        # before every other on_train_epoch_end callback (Ultralytics' W&B one opens its epoch row there)
+        self._unhook_epoch_end = hook.run_first(trainer, "on_train_epoch_end", self._host_work_done)
         self._hook = StepHook(trainer, self._on_optimizer_step, on_error=self._disable, active=lambda: self._active,
                               owner=self)
         self._active = True
@@ -187,6 +195,20 @@ class GradientMonitor:
             self._probe.arm(self._schedule.next_pass())
         except Exception as e:  # noqa: BLE001
             self._disable(e)
+
+    def _host_work_done(self, trainer) -> None:
+        """First of the ``on_train_epoch_end`` callbacks: the epoch's records are judged and with every sink."""
+        if not self._active:
+            return
+        try:
+            self.drain_host_work()
+        except Exception as e:  # noqa: BLE001
+            self._disable(e)
+
+    def drain_host_work(self) -> None:
+        """Wait until every completed record of a logged step has been judged and handed to every sink."""
+        if self._worker is not None:
+            self._worker.drain()
 
     def on_train_epoch_end(self, trainer) -> None:
         if not self._active:
@@ -223,8 +245,13 @@ class GradientMonitor:
         try:
             if self._fan_out is not None:  # else the monitor failed to start (already reported)
                 if self._active:
-                    self._probe.disarm()
-                    self._flush()
+                    try:
+                        self._probe.disarm()
+                        self._flush()
+                    except Exception as e:  # noqa: BLE001 - the records so far still make the outputs
+                        self._disable(e)
+                elif self._worker is not None:
+                    self._worker.close()  # a disabled monitor: let the record in flight reach the sinks
                 self._active = False
                 end = TrainEnd.build(self._run.header, self.records, self.flags, complete=complete,
                                      log_path=self.out_dir / LOG_NAME, stopped_by=stopped_by)
@@ -235,6 +262,10 @@ class GradientMonitor:
                          f"the log up to here is in {self.out_dir}.")
         finally:
             self._active = False
+            if self._worker is not None:
+                self._worker.close()
+            if self._unhook_epoch_end is not None:
+                self._unhook_epoch_end()
             if self._hook is not None:
                 self._hook.remove()
             if trainer.__dict__.get("_gradmon_owner") is self:
@@ -251,14 +282,20 @@ class GradientMonitor:
             self._warmup[plan.step] = plan.warmup
         if unwrap_model(trainer.model) is not self._probe.model:
             self._model_replaced(trainer)  # a callback rebuilt the model: re-establish the layout
-        self._probe.capture.step(
+        capture = self._probe.capture
+        capture.step(
             run, step=plan.step, epoch=int(trainer.epoch) + 1, logged=plan.logged, update=plan.update,
-            lr=[g["lr"] for g in trainer.optimizer.param_groups], scaler=getattr(trainer, "scaler", None),
-            on_complete=self._emit,  # the previous record is written before this step runs
+            slow=plan.slow, lr=[g["lr"] for g in trainer.optimizer.param_groups], scaler=getattr(trainer, "scaler", None),
+            on_synced=lambda synced: self._worker.put((capture, synced)),  # handed over before this step runs
         )
 
+    def _host_work(self, item: tuple) -> None:
+        """The worker thread's part of a logged step: decode the synced values, then :meth:`_emit`."""
+        capture, synced = item
+        self._emit(capture.decode(synced))
+
     def _emit(self, done: list[StepStats]) -> None:
-        """Judge each completed record and hand it to every sink."""
+        """Judge each completed record and hand it to every sink (on the worker thread)."""
         for stats in done:
             record = step_record(stats, self._warmup.pop(stats.step, None))
             if self._reloaded_at is not None and stats.step >= self._reloaded_at:
@@ -273,8 +310,14 @@ class GradientMonitor:
             self._fan_out.log_step(record, n_flagged)
 
     def _flush(self) -> None:
-        if self._probe is not None:
-            self._emit(self._probe.capture.flush())
+        """Complete the pending record and wait until the worker has handed everything to the sinks."""
+        if self._probe is None or self._worker is None:
+            return
+        capture = self._probe.capture
+        synced: SyncedStep | None = capture.flush_synced()
+        if synced is not None:
+            self._worker.put((capture, synced))
+        self._worker.drain()
 
     # ------------------------------------------------------------------ building and rebuilding
     def _make_probe(self, trainer) -> ModelProbe:

@@ -46,6 +46,8 @@ def step_is_nonfinite(rec: dict) -> bool:
 
 
 def _weights_nonfinite(rec: dict, trainable: Sequence[bool]) -> int:
+    if rec.get("weights_measured") is False:  # sampled: not measured at this step (always measured after a NaN step)
+        return 0
     w = rec.get("weight_norm") or []
     return sum(1 for i, v in enumerate(w) if (i >= len(trainable) or trainable[i]) and _bad(v))
 

@@ -103,6 +103,8 @@ class FlowHooks(ArmedLayerHooks):
             return
         try:
             self.finalize()  # the previous forward's backward pass is complete when the next forward starts
+            if not self.armed:
+                return  # registered but idle (a logged step's pass without flow): the layer hooks see no open pass
             self._scale = self.scale_fn()
             if self._scale is not None:
                 self._scale = self._scale.detach().clone()  # the scaler updates its scale in place later

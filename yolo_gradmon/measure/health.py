@@ -167,21 +167,20 @@ class ActivationHealth:
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point() or x.numel() == 0:
             return
         r = self._regions[id(module)]
-        with torch.no_grad():
-            x = x.detach()
-            c = x.shape[1]
-            other = tuple(d for d in range(x.dim()) if d != 1)
-            if r.saturating:
-                flat = (x < r.left) | (x > r.right)
-                self._sat.append((i, flat.sum(dtype=torch.float32)))
-                self._sat_elems[i] += x.numel()
-                dead = flat.all(dim=0).reshape(c, -1).all(dim=1).sum(dtype=torch.float32)
-            elif r.left is not None:
-                dead = (x.amax(dim=other) <= r.left).sum(dtype=torch.float32)
-            else:
-                dead = (x.amin(dim=other) >= r.right).sum(dtype=torch.float32)
-            self._dead.append((i, dead))
-            self._units[i] += c
+        x = x.detach()  # records no graph: no no_grad() context (its cost shows at small batches)
+        c = x.shape[1]
+        other = tuple(d for d in range(x.dim()) if d != 1)
+        if r.saturating:
+            flat = (x < r.left) | (x > r.right)
+            self._sat.append((i, flat.sum(dtype=torch.float32)))
+            self._sat_elems[i] += x.numel()
+            dead = flat.all(dim=0).reshape(c, -1).all(dim=1).sum(dtype=torch.float32)
+        elif r.left is not None:
+            dead = (x.amax(dim=other) <= r.left).sum(dtype=torch.float32)
+        else:
+            dead = (x.amin(dim=other) >= r.right).sum(dtype=torch.float32)
+        self._dead.append((i, dead))
+        self._units[i] += c
 
     # ------------------------------------------------------------------ per step
     def _per_layer(self, pairs) -> torch.Tensor:

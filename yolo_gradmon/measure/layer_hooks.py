@@ -19,21 +19,27 @@ class ArmedLayerHooks:
     layers: Sequence[nn.Module]
 
     def __init__(self):
-        self.armed = False
+        self.armed = False  # the next passes are measured
         self._handles: list = []
 
-    def arm(self, on: bool) -> None:
-        """Hooks on (the next forward/backward passes are measured) or off (no hook at all)."""
-        if on == self.armed:
+    def arm(self, on: bool, keep: bool = False) -> None:
+        """Hooks on (the next forward/backward passes are measured) or off: no hook at all, or with ``keep`` the hooks
+        stay registered but idle (``armed`` is False; a subclass's ``_start_pass`` checks it). Re-registering a hook
+        per layer costs more than calling an idle one on a pass of a logged step that does not measure this signal;
+        unlogged steps run with no hook."""
+        if on == self.armed and (on or keep or not self._handles):
             return
         if on:
-            self._handles = [m.register_forward_hook(self._forward_hook(i)) for i, m in enumerate(self.layers)]
-            self._handles.append(self.layers[0].register_forward_pre_hook(self._start_pass))
+            if not self._handles:
+                self._handles = [m.register_forward_hook(self._forward_hook(i)) for i, m in enumerate(self.layers)]
+                self._handles.append(self.layers[0].register_forward_pre_hook(self._start_pass))
         else:
-            self._on_disarm()
-            for h in self._handles:
-                h.remove()
-            self._handles = []
+            if self.armed:
+                self._on_disarm()
+            if not keep:
+                for h in self._handles:
+                    h.remove()
+                self._handles = []
         self.armed = on
 
     def remove(self) -> None:

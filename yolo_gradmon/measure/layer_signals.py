@@ -55,7 +55,7 @@ class DepthSignals:
         if self.finite is not None:
             self.finite.arm(logged)
         if self.flow is not None:
-            self.flow.arm(flow)
+            self.flow.arm(flow, keep=logged)  # idle between the flow passes of logged steps, gone on unlogged ones
         if self.health is not None:
             self.health.arm(health)
 

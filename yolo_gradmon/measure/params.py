@@ -61,6 +61,7 @@ class StepStats:
     update_to_weight: np.ndarray
     max_abs_grad: np.ndarray
     nonfinite: np.ndarray
+    weights_measured: bool = True  # weight_norm and max_abs_grad measured at this step (else NaN: sampled)
     extra: dict = dataclasses.field(default_factory=dict)  # record fields of the extra sources (flow, health)
 
 
@@ -74,7 +75,7 @@ class _Pending:
 
 
 @dataclasses.dataclass
-class _Synced:
+class SyncedStep:
     """What one host sync brought back: this logged step's values and, with ``previous``, the previous logged step's
     ‖Δw‖ / AMP-skip part. Plain numpy; :meth:`GradientCapture._decode` turns it into records."""
 
@@ -85,6 +86,7 @@ class _Synced:
     previous: np.ndarray | None
     has_grad: np.ndarray | None = None
     amp: bool = False
+    slow: bool = True  # weight norms and max |grad| in ``host``
     nonfinite: np.ndarray | None = None  # exact counts, only when a synced norm was non-finite
     extra: dict = dataclasses.field(default_factory=dict)
 
@@ -111,6 +113,8 @@ class GradientCapture:
         self._pending: _Pending | None = None  # device side of the last logged step
         self._host_pending: StepStats | None = None  # its host side, completed by the next sync
         self._has_grad: np.ndarray | None = None
+        self._slow_due = True  # measure the weight norms at the next logged step whatever the schedule says
+        self._last_weight_norm: np.ndarray | None = None  # decode side: the last measured weight norms
         self._copy: list[torch.Tensor] | None = None
         self._copy_params: list[torch.Tensor] | None = None
         self._copy_fresh = False  # weights copied before the last step, ‖Δw‖ not measured yet
@@ -128,23 +132,33 @@ class GradientCapture:
         epoch: int,
         logged: bool,
         update: bool = True,
+        slow: bool = True,
         lr: list[float],
         scaler: torch.amp.GradScaler | None = None,
         on_complete: Callable[[list[StepStats]], None] | None = None,
+        on_synced: Callable[["SyncedStep"], None] | None = None,
     ) -> list[StepStats]:
         """Run ``run_step`` (the trainer's original optimizer step) with capture around it.
 
         ``update``: measure the update/weight ratio of this (logged) step; otherwise it is NaN (null in the log).
+        ``slow``: measure the weight norms and max |grad| (they decide no flag and change slowly: sampled like the
+        update ratio); otherwise grad/weight uses the last measured weight norms and both are NaN in the record.
         Returns the records completed by this call (zero or one; the current step's record completes later),
-        or, with ``on_complete``, passes them to it *before* ``run_step`` runs and returns ``[]``.
+        or, with ``on_complete``, passes them to it *before* ``run_step`` runs and returns ``[]``. With
+        ``on_synced`` the synced values themselves are handed over before ``run_step`` (nothing is decoded on this
+        thread): whoever receives them calls :meth:`decode`, in the order given.
         """
         with torch.no_grad():
             self._measure_update()
             done: list[StepStats] = []
             if logged:
-                done = self._capture(step, epoch, lr, scaler, update)
+                synced = self._read(step, epoch, lr, scaler, update, slow)
+                if on_synced is not None:
+                    on_synced(synced)  # handed over before the step runs: a kill during it loses no completed record
+                else:
+                    done = self._decode(synced)
         if on_complete is not None and done:
-            on_complete(done)  # written before the step runs: a kill during it loses no completed record
+            on_complete(done)
             done = []
         run_step()
         with torch.no_grad():
@@ -157,19 +171,25 @@ class GradientCapture:
 
     def flush(self) -> list[StepStats]:
         """Complete the pending record with the current weights (call at epoch and train end)."""
+        synced = self.flush_synced()
+        return self._decode(synced) if synced is not None else []
+
+    def flush_synced(self) -> "SyncedStep | None":
+        """:meth:`flush`'s sync without the decode (for a consumer of ``on_synced``); None when nothing is pending."""
         with torch.no_grad():
             self._measure_update()
             if self._pending is None:
-                return []
-            synced = _Synced(step=-1, epoch=-1, lr=[], host=None, previous=_sync(self._pending_tensors()))
+                return None
+            synced = SyncedStep(step=-1, epoch=-1, lr=[], host=None, previous=_sync(self._pending_tensors()))
         self._pending = None
+        return synced
+
+    def decode(self, synced: "SyncedStep") -> list[StepStats]:
+        """The records a sync completed (plain numpy; any thread, but one at a time, in the order of the syncs)."""
         return self._decode(synced)
 
     # ------------------------------------------------------------------ internals
-    def _capture(self, step, epoch, lr, scaler, update: bool = True) -> list[StepStats]:
-        return self._decode(self._read(step, epoch, lr, scaler, update))
-
-    def _read(self, step, epoch, lr, scaler, update: bool = True) -> "_Synced":
+    def _read(self, step, epoch, lr, scaler, update: bool = True, slow: bool = True) -> "SyncedStep":
         """The logged step's device work and its one host sync (what must run before the optimizer step)."""
         L = self.layout
         G = L.n_groups
@@ -180,22 +200,28 @@ class GradientCapture:
             self._grad_split = _Split.of([i for i, ok in enumerate(present) if ok], L.params, L.group_of, self.device)
             self._has_grad = np.zeros(G, dtype=bool)
             self._has_grad[np.asarray([g for g, ok in zip(L.group_of, present) if ok], dtype=np.int64)] = True
+        # the weight norms and max |grad| on sampled steps, on the first logged step and after a non-finite one
+        slow = slow or self._slow_due
         gs, ws = self._grad_split, self._weight_split
         zeros = torch.zeros(G, device=self.device, dtype=torch.float32)
         scale = amp_scale_tensor(scaler)
         inv = scale.double().reciprocal() if scale is not None else None
-        # large tensors: one multi-tensor norm call for gradients and weights together
+        # large tensors: one multi-tensor norm call (gradients, and the weights on slow steps)
         low = any(p.dtype in _LOW_PRECISION for p in L.params)  # grads share their parameter's dtype
-        g_big, w_big = gs.pick_big(all_grads), ws.pick_big(L.params)
+        g_big = gs.pick_big(all_grads)
+        w_big = ws.pick_big(L.params) if slow else []
         norms = _l2_norms(g_big + w_big, low) if g_big or w_big else zeros[:0]
         gn, wn = norms[: len(g_big)], norms[len(g_big) :]
-        grad_sq, max_abs, weight_sq = zeros, zeros, zeros.index_add(0, ws.big_gid, wn * wn)
+        grad_sq, max_abs = zeros, zeros
         if g_big:
-            gmax = _max_abs(g_big)
             if inv is not None:
-                gn, gmax = gn * inv.float(), gmax * inv.float()
+                gn = gn * inv.float()
             grad_sq = grad_sq.index_add(0, gs.big_gid, gn * gn)
-            max_abs = max_abs.scatter_reduce(0, gs.big_gid, gmax, reduce="amax", include_self=True)
+            if slow:
+                gmax = _max_abs(g_big)
+                if inv is not None:
+                    gmax = gmax * inv.float()
+                max_abs = max_abs.scatter_reduce(0, gs.big_gid, gmax, reduce="amax", include_self=True)
         # small tensors: one concatenated buffer, reduced per element (float64 sums: thousands of terms per module)
         if gs.small:
             flat = gs.cat_small(all_grads)
@@ -203,13 +229,16 @@ class GradientCapture:
             if inv is not None:
                 flat, sq = flat * inv, sq * inv.square()
             grad_sq = grad_sq + gs.per_group(sq, G)
-            max_abs = max_abs.scatter_reduce(0, gs.small_gid, flat.abs().float(), reduce="amax", include_self=True)
-        if ws.small:
-            weight_sq = weight_sq + ws.per_group(ws.cat_small(L.params).square(), G)
+            if slow:
+                max_abs = max_abs.scatter_reduce(0, gs.small_gid, flat.abs().float(), reduce="amax", include_self=True)
+        parts = [grad_sq]
+        if slow:
+            weight_sq = zeros.index_add(0, ws.big_gid, wn * wn) if w_big else zeros
+            if ws.small:
+                weight_sq = weight_sq + ws.per_group(ws.cat_small(L.params).square(), G)
+            parts += [weight_sq, max_abs]
         if self.update_ratio and update:
             self._snapshot_weights()
-
-        parts = [grad_sq, weight_sq, max_abs]
         if scale is not None:
             parts.append(scale.float().reshape(1))
         self.last_grad_sq = grad_sq  # per module, AMP scale removed: the big batch of .noise.NoiseProbe
@@ -222,20 +251,22 @@ class GradientCapture:
             parts = prev + parts
         host = _sync(parts)
         prev_h, host = (host[:n_prev], host[n_prev:]) if self._pending is not None else (None, host)
-        off, extra_h = 3 * G + (scale is not None), {}
+        off, extra_h = (3 if slow else 1) * G + (scale is not None), {}
         for k, t in extra.items():
             extra_h[k], off = host[off : off + t.numel()], off + t.numel()
         # the sources reset their per-step buffers here, before the next pass's hooks add to them
         extra_fields = {k: v for src in self.extra_sources for k, v in src.host_fields(extra_h).items()}
         has_grad = self._has_grad
         nonfinite = None
-        if not np.all(np.isfinite(host[:G][has_grad])):  # the exact count needs these very gradients
+        finite = bool(np.all(np.isfinite(host[:G][has_grad])))
+        if not finite:  # the exact count needs these very gradients
             nonfinite = self._count_nonfinite(gs.pick(all_grads), gs.gid, G)
+        self._slow_due = not finite  # the step after a non-finite one: are the weights still finite?
         self._pending = _Pending(scale_before=scale.clone() if scale is not None else None)
-        return _Synced(step=step, epoch=epoch, lr=[float(x) for x in lr], host=host, previous=prev_h,
-                       has_grad=has_grad, amp=scale is not None, nonfinite=nonfinite, extra=extra_fields)
+        return SyncedStep(step=step, epoch=epoch, lr=[float(x) for x in lr], host=host, previous=prev_h,
+                          has_grad=has_grad, amp=scale is not None, slow=slow, nonfinite=nonfinite, extra=extra_fields)
 
-    def _decode(self, synced: "_Synced") -> list[StepStats]:
+    def _decode(self, synced: "SyncedStep") -> list[StepStats]:
         """The host side of a logged step: complete the previous record, start this one (plain numpy)."""
         G = self.layout.n_groups
         done = []
@@ -245,13 +276,19 @@ class GradientCapture:
         if synced.host is None:
             return done
         host, has_grad = synced.host, synced.has_grad
-        grad_sq_h, weight_sq_h, max_abs_h = host[:G], host[G : 2 * G], host[2 * G : 3 * G]
-        amp_scale = float(host[3 * G]) if synced.amp else None
+        grad_sq_h = host[:G]
+        off = G
+        if synced.slow:
+            weight_norm, max_abs_h = np.sqrt(host[G : 2 * G]), host[2 * G : 3 * G]
+            self._last_weight_norm, off = weight_norm, 3 * G
+        else:  # grad/weight from the last measured weight norms (at most update_every - 1 logged steps old)
+            weight_norm, max_abs_h = np.full(G, np.nan), np.full(G, np.nan)
+        amp_scale = float(host[off]) if synced.amp else None
         grad_norm = np.sqrt(grad_sq_h)
-        weight_norm = np.sqrt(weight_sq_h)
+        w_used = self._last_weight_norm if self._last_weight_norm is not None else np.full(G, np.nan)
         nonfinite = synced.nonfinite if synced.nonfinite is not None else np.zeros(G, dtype=np.int64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            g2w = np.where(weight_norm > 0, grad_norm / weight_norm, np.nan)
+            g2w = np.where(w_used > 0, grad_norm / w_used, np.nan)
         total = float(np.sqrt(grad_sq_h[has_grad].sum())) if has_grad.any() else 0.0
         self._host_pending = StepStats(
             step=synced.step,
@@ -268,6 +305,7 @@ class GradientCapture:
             update_to_weight=np.full(G, np.nan),
             max_abs_grad=np.where(has_grad, max_abs_h, np.nan),
             nonfinite=nonfinite,
+            weights_measured=synced.slow,
             extra=synced.extra,
         )
         return done

@@ -2,7 +2,8 @@
 monitor's measurements run.
 
 - parameter statistics: every ``log_every``-th optimizer step (a *logged* step), counted from the run's first step;
-- the update/weight ratio: every ``update_every``-th logged step (evidence only, it decides no flag);
+- the update/weight ratio, the weight norms and max |grad|: every ``update_every``-th logged step (they decide no
+  flag; grad/weight uses the last measured weight norms in between);
 - activation health: every ``health_every``-th logged step (it names a flag's cause; the last sample is used between);
 - gradient flow: every ``flow_every``-th forward/backward pass of logged steps (with accumulation every logged step
   keeps some passes; with one pass per step it is every ``flow_every``-th logged step);
@@ -28,6 +29,7 @@ class StepPlan:
     logged: bool  # parameter statistics
     update: bool  # the update/weight ratio of this very step
     warmup: bool | None  # inside Ultralytics' warm-up (logged steps only; None otherwise)
+    slow: bool = True  # the weight norms and max |grad| (with the update ratio's cadence, update_ratio or not)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,9 @@ class Schedule:
     def measures_update(self, step: int) -> bool:
         return self.cfg.update_ratio and self.is_logged(step) and self.logged_index(step) % self.cfg.update_every == 0
 
+    def measures_slow(self, step: int) -> bool:
+        return self.is_logged(step) and self.logged_index(step) % self.cfg.update_every == 0
+
     def measures_health(self, step: int) -> bool:
         return self.is_logged(step) and self.logged_index(step) % self.cfg.health_every == 0
 
@@ -106,4 +111,5 @@ class Schedule:
         if logged:
             ni = self.epoch * self.batches_per_epoch + max(self.batch, 0)
             warmup = bool(self.warmup_iterations and ni <= self.warmup_iterations)
-        return StepPlan(step=step, logged=logged, update=self.measures_update(step), warmup=warmup)
+        return StepPlan(step=step, logged=logged, update=self.measures_update(step), slow=self.measures_slow(step),
+                        warmup=warmup)

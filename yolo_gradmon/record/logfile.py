@@ -233,6 +233,7 @@ def step_record(stats, warmup: bool | None) -> dict:
         "total_norm": stats.total_norm,
         "clip_active": stats.clip_active,
         "warmup": warmup,
+        "weights_measured": stats.weights_measured,
         "has_grad": stats.has_grad,
         **{name: getattr(stats, name) for name in MODULE_FIELDS},
         **stats.extra,  # flow / activation-health fields (optional in the log)

@@ -426,7 +426,7 @@ def pool_layers(frame: pl.DataFrame, modules: Sequence[str]) -> tuple[pl.DataFra
     """Pool a ``module``/``param``-granularity frame into top-level layers (``"02.C3k2"``).
 
     ``grad_norm`` and ``weight_norm`` combine exactly (square root of the sum of squares: the layer's own
-    L2 norm), ``grad_to_weight`` is the ratio of those, ``max_abs_grad`` the max, ``nonfinite`` the sum and
+    L2 norm), ``grad_to_weight`` is the ratio of those (with each module's last measured weight norm: it is sampled), ``max_abs_grad`` the max, ``nonfinite`` the sum and
     ``update_to_weight`` the median over the layer's modules. A non-finite module makes its layer's norms
     non-finite (null). Returns the pooled long frame and the layer keys in depth order.
     """
@@ -434,6 +434,8 @@ def pool_layers(frame: pl.DataFrame, modules: Sequence[str]) -> tuple[pl.DataFra
     if frame.height == 0:
         return frame, layers
     f = frame.filter(pl.col("module").is_in(list(modules)))
+    if "weight_norm" in f.columns:  # sampled (update_every): grad/weight uses the last measured weight norm
+        f = f.sort("step").with_columns(pl.col("weight_norm").forward_fill().over("module").alias("_w_used"))
     f = f.with_columns(pl.col("module").str.extract(_LAYER_RE.pattern, 1).fill_null(pl.col("module")).alias("module"))
 
     def l2(c: str) -> pl.Expr:
@@ -443,7 +445,7 @@ def pool_layers(frame: pl.DataFrame, modules: Sequence[str]) -> tuple[pl.DataFra
     for c in f.columns:
         if c in ("step", "epoch", "module"):
             continue
-        if c in ("grad_norm", "weight_norm"):
+        if c in ("grad_norm", "weight_norm", "_w_used"):
             aggs.append(l2(c))
         elif c == "max_abs_grad":
             aggs.append(pl.col(c).max())
@@ -452,11 +454,11 @@ def pool_layers(frame: pl.DataFrame, modules: Sequence[str]) -> tuple[pl.DataFra
         elif c != "grad_to_weight":
             aggs.append(pl.col(c).median())
     pooled = f.group_by("step", "module").agg(aggs)
-    if {"grad_norm", "weight_norm", "grad_to_weight"} <= set(f.columns):
+    if {"grad_norm", "_w_used", "grad_to_weight"} <= set(f.columns):
         pooled = pooled.with_columns(
-            pl.when(pl.col("weight_norm") > 0).then(pl.col("grad_norm") / pl.col("weight_norm")).alias("grad_to_weight")
+            pl.when(pl.col("_w_used") > 0).then(pl.col("grad_norm") / pl.col("_w_used")).alias("grad_to_weight")
         )
-    return pooled.sort("step"), layers
+    return pooled.drop("_w_used", strict=False).sort("step"), layers
 
 
 def _auto_pool(modules: Sequence[str]) -> bool:

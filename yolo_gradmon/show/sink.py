@@ -67,6 +67,10 @@ class Sink:
 
     ``start`` once, then per logged optimizer step ``on_flag`` for each new flag and ``log_step``, ``epoch_end`` at
     each epoch's end, and ``finish`` once at train end with the results built once for every sink.
+
+    ``on_flag`` and ``log_step`` run on the monitor's host thread (:mod:`yolo_gradmon.host_worker`), never on the
+    training thread; ``start``, ``epoch_end`` and ``finish`` run on the training thread while the host thread is idle.
+    Events never overlap and always come in order, so a sink needs no lock of its own.
     """
 
     name = "sink"
