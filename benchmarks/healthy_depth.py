@@ -78,6 +78,34 @@ def describe(log) -> dict:
     }
 
 
+def write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+
+
+def train_case(tmp: Path, name: str, model_yaml: str, data: str, train: dict, **options):
+    """Train one case with a monitor (the defaults, or ``options``) on CPU, seed 0, without validation; returns the
+    monitor, or None when its dataset is not in the datasets dir (``data="generated"`` is made here)."""
+    from ultralytics import YOLO
+
+    from yolo_gradmon import GradientMonitor
+    from yolo_gradmon.demo import synthetic_dataset
+
+    if data == "generated":
+        data_yaml = str(synthetic_dataset(tmp / "generated", imgsz=train["imgsz"]))
+    elif (tmp / "datasets" / data).is_dir():
+        data_yaml = f"{data}.yaml"
+    else:
+        print(f"{name}: skipped ({data} not in --datasets)", file=sys.stderr)
+        return None
+    model = YOLO(model_yaml)
+    mon = GradientMonitor(wandb=False, console=False, **options).attach(model)
+    model.train(data=data_yaml, workers=0, device="cpu", seed=0, plots=False, val=False, project=str(tmp / "runs"),
+                name=name, exist_ok=True, **train)
+    return mon
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", type=Path, default=None, help="folder with coco8/ and coco128/")
@@ -86,32 +114,18 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gradmon-healthy-"))
     _settings(tmp, args.datasets.resolve() if args.datasets else None)
-    from ultralytics import YOLO
-
-    from yolo_gradmon import GradientMonitor
-    from yolo_gradmon.demo import synthetic_dataset
     from yolo_gradmon.record.logfile import read_log
 
     results = {}
     for name in args.cases:
         model_yaml, data, train = CASES[name]
-        if data == "generated":
-            data_yaml = str(synthetic_dataset(tmp / "generated", imgsz=train["imgsz"]))
-        elif (tmp / "datasets" / data).is_dir():
-            data_yaml = f"{data}.yaml"
-        else:
-            print(f"{name}: skipped ({data} not in --datasets)", file=sys.stderr)
+        mon = train_case(tmp, name, model_yaml, data, train)
+        if mon is None:
             continue
-        model = YOLO(model_yaml)
-        mon = GradientMonitor(wandb=False, console=False).attach(model)
-        model.train(data=data_yaml, workers=0, device="cpu", seed=0, plots=False, val=False, project=str(tmp / "runs"),
-                    name=name, exist_ok=True, **train)
         results[name] = {"model": model_yaml, "data": data, "train": train,
                          "flagged_modules": mon.summary["flagged_modules"], **describe(read_log(mon.out_dir))}
         print(json.dumps({name: results[name]}, indent=1), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
     return 0
 
 

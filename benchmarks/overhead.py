@@ -220,7 +220,9 @@ class Sections:
     """``--breakdown``: exclusive wall time per named part of the monitor and the thread it ran on.
 
     Every patched function adds its own time minus the time of the patched functions it called, so the parts add up
-    without double counting. ``train`` is the training thread; ``worker`` anything else (the monitor's host worker).
+    without double counting. ``train`` is the training thread (wall time); ``worker`` anything else, the monitor's host
+    thread (its CPU time, ``time.thread_time``: the wall time there also counts waiting for the GIL while the training
+    thread runs Python).
     On CUDA the device parts synchronize before and after themselves, so their time is the kernels' time and ``sync``
     is the transfer alone (this serializes what normally overlaps: read the step ratio of a run without
     ``--breakdown`` for the real cost there).
@@ -248,16 +250,18 @@ class Sections:
                 stack = local.stack = []
             if device and cls.cuda:
                 torch.cuda.synchronize()
+            main = threading.current_thread() is threading.main_thread()
+            clock = time.perf_counter if main else time.thread_time  # the worker: its CPU time, not its GIL waits
             stack.append(0.0)
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 return fn(*a, **k)
             finally:
                 if device and cls.cuda:
                     torch.cuda.synchronize()
-                el = time.perf_counter() - t0
+                el = clock() - t0
                 child = stack.pop()
-                role = "train" if threading.current_thread() is threading.main_thread() else "worker"
+                role = "train" if main else "worker"
                 cls.totals[(role, name)] = cls.totals.get((role, name), 0.0) + el - child
                 if stack:
                     stack[-1] += el
@@ -319,6 +323,18 @@ class Sections:
         cls.patch(ConsoleSink, "on_flag", "host: console sink")
 
 
+def rep_summary(rep_parts: dict, n: int, watch_s: float) -> dict:
+    """One repetition's ms per optimizer step: the training thread, the worker, the forward check's hooks, and the
+    parameter statistics alone (both threads, no depth-signal hook: what ``wandb.watch`` is compared with)."""
+    ms = lambda pred: sum(sec for key, sec in rep_parts.items() if pred(key)) / max(n, 1) * 1e3  # noqa: E731
+    out = {"train_ms": ms(lambda k: k[0] == "train"), "worker_ms": ms(lambda k: k[0] == "worker"),
+           "forward_check_ms": ms(lambda k: k[1] == "hooks: forward finite check")}
+    out["parameter_statistics_ms"] = ms(lambda k: not k[1].startswith("hooks:"))
+    if watch_s:
+        out["watch_hooks_ms"] = watch_s / max(n, 1) * 1e3
+    return out
+
+
 def _emit_targets(monitor) -> list[tuple]:
     """The glue that turns synced values into records and hands them on (differs between versions of monitor.py)."""
     out = [(monitor, "step_record", "host: record building")]
@@ -362,6 +378,7 @@ VARIANTS = {
     "layer-grads": {"flow": False, "activation_health": False, "wandb": False},  # parameter statistics only
     "layer-grads-update1": {"flow": False, "activation_health": False, "wandb": False, "update_every": 1},
     "layer-grads-noupdate": {"flow": False, "activation_health": False, "wandb": False, "update_ratio": False},
+    "default-log2": {"log_every": 2},  # the default, capturing every 2nd optimizer step
     "layer-local": {"wandb": False},  # the default without the W&B sink
     "local-nonoise": {"wandb": False, "noise_scale": False},  # ... and without the noise scale (run with --accumulate)
     "layer-flow": {"activation_health": False, "wandb": False, "flow_every": 1},
@@ -461,12 +478,14 @@ def measure(args) -> dict:
     noise_s = {v: [] for v in variants}
     rep_medians = {v: [] for v in variants}
     parts = {v: {} for v in variants}  # --breakdown: (thread, part) -> seconds over the timed steps
+    per_rep = {v: [] for v in variants}  # --breakdown: per repetition, ms per step by thread (for medians and spreads)
     acc = args.accumulate
     for _ in range(2):  # warm-up
         train_step(tr, batch, acc)
     for rep in range(args.reps):
         order = variants if rep % 2 == 0 else list(reversed(variants))
         for v in order:
+            rep_parts, rep_watch, rep_n = {}, 0.0, timed_steps(v, args.steps)
             with variant(v, tr, work) as timer:
                 start = None
                 if timer:  # the monitor's batch-start callback, timed into its own time (the noise scale's read)
@@ -492,12 +511,16 @@ def measure(args) -> dict:
                         for key, sec in Sections.snapshot().items():
                             if key[1] != TRAINER_STEP and sec - b0.get(key, 0.0) > 0:
                                 parts[v][key] = parts[v].get(key, 0.0) + sec - b0.get(key, 0.0)
+                                rep_parts[key] = rep_parts.get(key, 0.0) + sec - b0.get(key, 0.0)
                     if timer:
                         added[v].append(timer.added + HookClock.seconds + BatchStartClock.seconds - a0)
                         sink_s[v].append(SinkClock.seconds - s0)
                         noise_s[v].append(NoiseClock.seconds - n0)
                     if v == "wandb.watch":
                         added[v].append(WatchClock.seconds - w0)
+                        rep_watch += WatchClock.seconds - w0
+            if BREAKDOWN:
+                per_rep[v].append(rep_summary(rep_parts, rep_n, rep_watch))
         for v in variants:
             rep_medians[v].append(statistics.median(times[v][-timed_steps(v, args.steps):]))
         print(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{v}={statistics.median(times[v]) * 1e3:.1f}ms" for v in variants), flush=True)
@@ -539,12 +562,21 @@ def measure(args) -> dict:
                 row["wandb_sink_s"] = statistics.mean(sink_s[v])
                 row["wandb_sink_median_s"] = statistics.median(sink_s[v])
                 row["wandb_sink_fraction"] = row["wandb_sink_s"] / base
+        if per_rep[v]:  # per repetition: median and range of each thread's total (and of watch's hooks)
+            for key in per_rep[v][0]:
+                vals = [r[key] for r in per_rep[v]]
+                row[f"rep_{key}"] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "values": vals}
         if parts[v]:  # per optimizer step, in ms, by thread
             n = len(times[v])
             row["breakdown_ms"] = {f"{role}/{part}": sec / n * 1e3 for (role, part), sec in sorted(parts[v].items())}
             row["breakdown_train_thread_ms"] = sum(sec for (role, _), sec in parts[v].items() if role == "train") / n * 1e3
             row["breakdown_worker_ms"] = sum(sec for (role, _), sec in parts[v].items() if role == "worker") / n * 1e3
         result["variants"][v] = row
+    grads, watch = result["variants"].get("layer-grads", {}), result["variants"].get("wandb.watch", {})
+    if "rep_parameter_statistics_ms" in grads and "rep_watch_hooks_ms" in watch:  # the same repetitions, side by side
+        ratios = [w / p for w, p in zip(watch["rep_watch_hooks_ms"]["values"], grads["rep_parameter_statistics_ms"]["values"])]
+        result["watch_over_parameter_statistics"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                                     "max": max(ratios), "values": ratios}
     result["weight_copy_bytes"] = sum(p.numel() * p.element_size() for p in tr.model.parameters() if p.requires_grad)
     if tr.device.type == "cuda":
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()

@@ -21,13 +21,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from healthy_depth import _settings  # the isolated Ultralytics settings with copied datasets
+from healthy_depth import _settings, train_case, write_json  # isolated Ultralytics settings with copied datasets; one training
 
 CASES = {  # name -> (model, data, trainer args); short runs: the first steps (warm-up) change the weights most
     "yolo26n-coco8": ("yolo26n.yaml", "coco8", dict(epochs=10, imgsz=320, batch=2, nbs=2)),
     "yolo11n-coco8": ("yolo11n.yaml", "coco8", dict(epochs=10, imgsz=320, batch=2, nbs=2)),
     "yolo26n-coco128": ("yolo26n.yaml", "coco128", dict(epochs=2, imgsz=160, batch=8, nbs=8)),
     "yolo26n-generated": ("yolo26n.yaml", "generated", dict(epochs=10, imgsz=160, batch=4, nbs=4)),
+    # what optimizer=auto picks for a long training (>10k iterations): SGD at lr0=0.01, the larger steps
+    "yolo26n-coco8-sgd": ("yolo26n.yaml", "coco8", dict(epochs=10, imgsz=320, batch=2, nbs=2, optimizer="SGD", lr0=0.01)),
+    "yolo11n-coco8-sgd": ("yolo11n.yaml", "coco8", dict(epochs=10, imgsz=320, batch=2, nbs=2, optimizer="SGD", lr0=0.01)),
 }
 
 
@@ -67,27 +70,14 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gradmon-drift-"))
     _settings(tmp, args.datasets.resolve() if args.datasets else None)
-    from ultralytics import YOLO
-
-    from yolo_gradmon import GradientMonitor
-    from yolo_gradmon.demo import synthetic_dataset
     from yolo_gradmon.record.logfile import read_log
 
     results = {"every": args.every, "cases": {}}
     for name in args.cases:
         model_yaml, data, train = CASES[name]
-        if data == "generated":
-            data_yaml = str(synthetic_dataset(tmp / "generated", imgsz=train["imgsz"]))
-        elif (tmp / "datasets" / data).is_dir():
-            data_yaml = f"{data}.yaml"
-        else:
-            print(f"{name}: skipped ({data} not in --datasets)", file=sys.stderr)
+        mon = train_case(tmp, name, model_yaml, data, train, update_every=1, flow=False, activation_health=False)
+        if mon is None:
             continue
-        model = YOLO(model_yaml)
-        mon = GradientMonitor(wandb=False, console=False, update_every=1, flow=False,
-                              activation_health=False).attach(model)
-        model.train(data=data_yaml, workers=0, device="cpu", seed=0, plots=False, val=False, project=str(tmp / "runs"),
-                    name=name, exist_ok=True, **train)
         log = read_log(mon.out_dir)
         res = sampled_error(log.steps, args.every)
         if res["worst"] is not None:
@@ -102,9 +92,7 @@ def main() -> int:
     results["max_error"] = max(worst) if worst else None
     if results["max_error"] is not None:  # grad/weight off by at most this many decades, against a 280x healthy margin
         results["max_error_decades"] = -math.log10(1 - results["max_error"]) if results["max_error"] < 1 else None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
     return 0
 
 

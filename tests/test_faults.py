@@ -399,6 +399,7 @@ def test_sigkill_loses_at_most_the_records_in_flight_and_report_rebuilds(killed)
     assert killed.proc.returncode == -signal.SIGKILL
     log = read_log(killed.copy)
     steps = _surviving_steps(killed)
+    print(f"\nSIGKILL after {killed.done} optimizer steps: {len(steps)} records in the log")
     assert len(steps) >= KILL_AT and len(steps) >= killed.done - IN_FLIGHT  # every completed step but those in flight
     assert not log.ended and 2 not in log.epoch_ends and log.epoch_ends[1] == 4  # killed mid-epoch 2
     summary = rebuild(killed.copy)  # what `yolo-gradmon report` starts from
@@ -415,6 +416,7 @@ def test_sigkill_with_a_slow_sink_still_loses_at_most_two(tmp_path):
     killed = _kill_mid_epoch(tmp_path, sink_delay=0.3)
     assert killed.proc.returncode == -signal.SIGKILL
     steps = _surviving_steps(killed)
+    print(f"\nSIGKILL (sink 0.3 s per record) after {killed.done} optimizer steps: {len(steps)} records in the log")
     assert len(steps) >= KILL_AT and 0 <= killed.done - len(steps) <= IN_FLIGHT, (killed.done, steps)
 
 

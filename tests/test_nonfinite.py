@@ -119,3 +119,20 @@ def test_a_training_that_raises_still_gets_summary_tables_and_report(tmp_path):
     assert summary["complete"] is False and "ValueError: a bug in the user's callback" in summary["stopped_by"]
     assert summary["steps_logged"] == 8 and any("stopped before its end" in line for line in summary["lead"])
     assert "Training stopped before its end" in (out / "report.html").read_text()
+
+
+def test_forward_check_option_off_leaves_outputs_unchecked():
+    """forward_check=false: no forward hook of the check; the records' out_nonfinite is null, so a NaN that entered in
+    the forward pass is said to be not located instead of being blamed on the backward pass."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_gradmon.config import GradmonConfig
+    from yolo_gradmon.measure.layer_signals import DepthSignals
+
+    model = DetectionModel("yolo26n.yaml", verbose=False)
+    assert DepthSignals(model, GradmonConfig()).finite is not None
+    off = DepthSignals(model, GradmonConfig(forward_check=False))
+    assert off.finite is None and all(type(s).__name__ != "FiniteWatch" for s in off.sources_for_capture)
+    unchecked = rec(3, [NAN] * 4, out=None, gout=[1] * 5)  # every gradient non-finite, no forward bits
+    where = locate_origin(unchecked, HEADER)
+    assert where["direction"] == "unknown" and "not checked" in where["how"]

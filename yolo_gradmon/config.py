@@ -67,6 +67,7 @@ class GradmonConfig:
     activation_health: bool = _option(True, "saturated (Sigmoid/Tanh-like) and dead (ReLU-like) units per layer")
     health_every: int = _option(10, "measure activation health on every N-th logged step (1 = every logged step)")
     health_eps: float = _option(1e-3, "|f'(x)| below this = saturated / passes no gradient")
+    forward_check: bool = _option(True, "per-layer non-finite check of the forward outputs of logged steps: where a NaN/Inf entered")
     noise_scale: bool = _option(True, "gradient noise scale B_simple and per-layer SNR from the accumulated micro-batches (nbs > batch)")
     # where it goes
     wandb: bool = _option(True, "stream to Weights & Biases (reuses an active run, else starts one; WANDB_MODE respected)")
@@ -163,7 +164,7 @@ OPTION_HELP: dict[str, str] = {name: f.metadata["help"] for name, f in _FIELDS.i
 """Option name -> its one line of meaning (the CLI help and the start of its ``configs/default.yaml`` comment)."""
 OPTION_SECTIONS: dict[str, tuple[str, ...]] = {
     "what is captured": ("log_every", "granularity", "update_ratio", "update_every", "flow", "flow_every",
-                         "activation_health", "health_every", "health_eps", "noise_scale"),
+                         "activation_health", "health_every", "health_eps", "forward_check", "noise_scale"),
     "where it goes": ("wandb", "wandb_media_every", "wandb_alerts", "wandb_layer_scalars", "console"),
     "detection rules (windows count logged steps)": tuple(_FIELDS)[tuple(_FIELDS).index("clip_norm") :],
 }

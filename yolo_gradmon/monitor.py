@@ -53,6 +53,8 @@ class GradientMonitor:
 
     After training, ``monitor.summary`` holds the ``summary.json`` content and ``monitor.out_dir`` the
     output directory. ``monitor.extra_sinks`` takes more :class:`~yolo_gradmon.show.sink.Sink` objects.
+    During training, records reach ``monitor.records`` and the sinks on the monitor's host thread, a logged step
+    behind the trainer; :meth:`drain_host_work` waits until they are all there (epoch and train end do).
     """
 
     def __init__(self, config: GradmonConfig | dict | str | Path | None = None, **options: Any):

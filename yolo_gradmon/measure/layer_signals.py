@@ -28,7 +28,7 @@ class DepthSignals:
             LOGGER.warning(f"{PREFIX}{' and '.join(wanted)} need an Ultralytics layer list (model.model); off for "
                            f"{type(model).__name__}.")
             wanted = []
-        if top_layers(model) is not None and not compiled:
+        if top_layers(model) is not None and not compiled and cfg.forward_check:
             self.finite = FiniteWatch(model)
         if wanted and compiled:
             LOGGER.warning(
@@ -71,4 +71,5 @@ class DepthSignals:
             "layer_acts": self.acts,
             "flow": self.flow is not None,
             "activation_health": self.health is not None,
+            "forward_check": self.finite is not None,
         }
