@@ -294,6 +294,18 @@ def test_pool_layers_is_exact_l2():
     assert got == pytest.approx(float(np.sqrt((parts**2).sum())))
 
 
+def test_pool_layers_grad_to_weight_uses_the_last_measured_weight_norms():
+    """Weight norms are sampled (null between samples): a pooled layer's grad/weight divides by its modules' last
+    measured weight norms, as the capture does per module; its weight norm stays null where none was measured."""
+    f = pl.DataFrame({"step": [1, 1, 2, 2], "epoch": [1] * 4, "module": ["02.C3k2.a", "02.C3k2.b"] * 2,
+                      "grad_norm": [3.0, 4.0, 6.0, 8.0], "weight_norm": [1.0, 1.0, None, None],
+                      "grad_to_weight": [3.0, 4.0, 6.0, 8.0], "max_abs_grad": [1.0, 2.0, None, None], "nonfinite": [0] * 4})
+    pooled, _ = pool_layers(f, ["02.C3k2.a", "02.C3k2.b"])
+    assert pooled["grad_to_weight"].to_list() == pytest.approx([5 / 2**0.5, 10 / 2**0.5])
+    assert pooled["weight_norm"].to_list()[1] is None and pooled["max_abs_grad"].to_list() == [2.0, None]
+    assert "_w_used" not in pooled.columns
+
+
 def test_figures_leave_no_pyplot_state(tmp_path):
     import matplotlib.pyplot as plt
 
