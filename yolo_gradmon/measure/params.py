@@ -13,6 +13,14 @@ through one concatenated buffer and reduced per element: on the CPU every op on 
 microseconds whatever its size, so 366 tensors per op made that the floor of a small step (a transient copy of
 those small tensors only, ~120 KB for YOLO26n; large gradients are never copied).
 
+The weight norms and max |grad| decide no flag and change slowly: they are read on the logged steps the schedule marks
+``slow`` (the update ratio's cadence, ``update_every``), on the first logged step and on the step after a non-finite
+one; in between grad/weight divides by the last measured weight norms (``StepStats.weights_measured``).
+
+The logged step's device work and its sync run on the training thread (:meth:`GradientCapture.step`); turning the
+synced values into :class:`StepStats` (:meth:`GradientCapture.decode`) is plain numpy, which the monitor runs on its
+host thread.
+
 The update/weight ratio ‖Δw‖/‖w‖ needs the weights before the step: one copy of the trainable weights
 is kept (the only extra memory; gradients are never copied; float32 for half/bfloat16 weights). ‖Δw‖ of
 step *t* is measured on the device right after the step (a callback may reload weights before the next
