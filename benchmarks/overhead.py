@@ -299,7 +299,7 @@ class Sections:
         cls.patch(P, "_snapshot_weights", "device: weight copy (update ratio)", device=True)
         cls.patch(P, "_measure_update", "device: update difference (update ratio)", device=True)
         cls.patch(params, "_sync", "sync: one device-to-host copy")
-        cls.patch(P, "_decode", "host: decode the synced values")
+        cls.patch(P, "decode", "host: decode the synced values")
         for klass in (FlowHooks, ActivationHealth, FiniteWatch, NoiseProbe):
             cls.patch(klass, "device_parts", "device: depth/noise parts", device=True)
             cls.patch(klass, "host_fields", "host: depth/noise fields")
@@ -336,11 +336,9 @@ def rep_summary(rep_parts: dict, n: int, watch_s: float) -> dict:
 
 
 def _emit_targets(monitor) -> list[tuple]:
-    """The glue that turns synced values into records and hands them on (differs between versions of monitor.py)."""
-    out = [(monitor, "step_record", "host: record building")]
-    for attr, name in (("_emit", "glue: emit"), ("_handle", "glue: emit"), ("_hand_off", "glue: hand-off to worker")):
-        if hasattr(monitor.GradientMonitor, attr):
-            out.append((monitor.GradientMonitor, attr, name))
+    """The glue that turns synced values into records and hands them on (a monitor without the host thread, as
+    before 6b2c3a8, has no ``HostWorker``: then there is no hand-off to time)."""
+    out = [(monitor, "step_record", "host: record building"), (monitor.GradientMonitor, "_emit", "glue: emit")]
     worker = getattr(monitor, "HostWorker", None)
     if worker is not None:
         out.append((worker, "put", "glue: hand-off to worker"))

@@ -75,11 +75,6 @@ class HostWorker:
         self._thread.join(self.stall_seconds if timeout is None else timeout)
         return not self._thread.is_alive()
 
-    @property
-    def idle(self) -> bool:
-        with self._cv:
-            return not self._busy
-
     # ------------------------------------------------------------------ internals
     def _wait_idle(self, timeout: float | None = None) -> None:
         limit = self.stall_seconds if timeout is None else timeout

@@ -252,8 +252,8 @@ class GradientMonitor:
                         self._flush()
                     except Exception as e:  # noqa: BLE001 - the records so far still make the outputs
                         self._disable(e)
-                elif self._worker is not None:
-                    self._worker.close()  # a disabled monitor: let the record in flight reach the sinks
+                if self._worker is not None:  # the record in flight (a disabled monitor's too) reaches the sinks first
+                    self._worker.close()
                 self._active = False
                 end = TrainEnd.build(self._run.header, self.records, self.flags, complete=complete,
                                      log_path=self.out_dir / LOG_NAME, stopped_by=stopped_by)

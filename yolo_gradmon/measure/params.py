@@ -84,17 +84,18 @@ class _Pending:
 
 @dataclasses.dataclass
 class SyncedStep:
-    """What one host sync brought back: this logged step's values and, with ``previous``, the previous logged step's
-    ‖Δw‖ / AMP-skip part. Plain numpy; :meth:`GradientCapture._decode` turns it into records."""
+    """What one host sync brought back, per module: this logged step's values and, with ``previous``, the previous
+    logged step's ‖Δw‖ / AMP-skip part. Plain numpy; :meth:`GradientCapture.decode` turns it into records."""
 
     step: int
     epoch: int
     lr: list[float]
-    host: np.ndarray | None  # None: a flush (only ``previous``)
     previous: np.ndarray | None
+    grad_sq: np.ndarray | None = None  # None: a flush (only ``previous``)
+    weight_sq: np.ndarray | None = None  # with max_abs: only on slow steps
+    max_abs: np.ndarray | None = None
+    amp_scale: float | None = None
     has_grad: np.ndarray | None = None
-    amp: bool = False
-    slow: bool = True  # weight norms and max |grad| in ``host``
     nonfinite: np.ndarray | None = None  # exact counts, only when a synced norm was non-finite
     extra: dict = dataclasses.field(default_factory=dict)
 
@@ -143,7 +144,6 @@ class GradientCapture:
         slow: bool = True,
         lr: list[float],
         scaler: torch.amp.GradScaler | None = None,
-        on_complete: Callable[[list[StepStats]], None] | None = None,
         on_synced: Callable[["SyncedStep"], None] | None = None,
     ) -> list[StepStats]:
         """Run ``run_step`` (the trainer's original optimizer step) with capture around it.
@@ -151,10 +151,10 @@ class GradientCapture:
         ``update``: measure the update/weight ratio of this (logged) step; otherwise it is NaN (null in the log).
         ``slow``: measure the weight norms and max |grad| (they decide no flag and change slowly: sampled like the
         update ratio); otherwise grad/weight uses the last measured weight norms and both are NaN in the record.
-        Returns the records completed by this call (zero or one; the current step's record completes later),
-        or, with ``on_complete``, passes them to it *before* ``run_step`` runs and returns ``[]``. With
-        ``on_synced`` the synced values themselves are handed over before ``run_step`` (nothing is decoded on this
-        thread): whoever receives them calls :meth:`decode`, in the order given.
+        Returns the records completed by this call (zero or one; the current step's record completes later). With
+        ``on_synced`` the synced values are handed over instead, before ``run_step`` runs (nothing is decoded on this
+        thread; a kill during the step loses no completed record): whoever receives them calls :meth:`decode`, in
+        the order given, and this returns ``[]``.
         """
         with torch.no_grad():
             self._measure_update()
@@ -162,12 +162,9 @@ class GradientCapture:
             if logged:
                 synced = self._read(step, epoch, lr, scaler, update, slow)
                 if on_synced is not None:
-                    on_synced(synced)  # handed over before the step runs: a kill during it loses no completed record
+                    on_synced(synced)
                 else:
-                    done = self._decode(synced)
-        if on_complete is not None and done:
-            on_complete(done)
-            done = []
+                    done = self.decode(synced)
         run_step()
         with torch.no_grad():
             # ‖Δw‖ now, on the device: weights reloaded before the next step must not count as this step's update
@@ -180,7 +177,7 @@ class GradientCapture:
     def flush(self) -> list[StepStats]:
         """Complete the pending record with the current weights (call at epoch and train end)."""
         synced = self.flush_synced()
-        return self._decode(synced) if synced is not None else []
+        return self.decode(synced) if synced is not None else []
 
     def flush_synced(self) -> "SyncedStep | None":
         """:meth:`flush`'s sync without the decode (for a consumer of ``on_synced``); None when nothing is pending."""
@@ -188,13 +185,9 @@ class GradientCapture:
             self._measure_update()
             if self._pending is None:
                 return None
-            synced = SyncedStep(step=-1, epoch=-1, lr=[], host=None, previous=_sync(self._pending_tensors()))
+            synced = SyncedStep(step=-1, epoch=-1, lr=[], previous=_sync(self._pending_tensors()))
         self._pending = None
         return synced
-
-    def decode(self, synced: "SyncedStep") -> list[StepStats]:
-        """The records a sync completed (plain numpy; any thread, but one at a time, in the order of the syncs)."""
-        return self._decode(synced)
 
     # ------------------------------------------------------------------ internals
     def _read(self, step, epoch, lr, scaler, update: bool = True, slow: bool = True) -> "SyncedStep":
@@ -259,39 +252,46 @@ class GradientCapture:
             parts = prev + parts
         host = _sync(parts)
         prev_h, host = (host[:n_prev], host[n_prev:]) if self._pending is not None else (None, host)
-        off, extra_h = (3 if slow else 1) * G + (scale is not None), {}
+        grad_sq_h, off = host[:G], G
+        weight_sq_h = max_abs_h = None
+        if slow:
+            weight_sq_h, max_abs_h, off = host[G : 2 * G], host[2 * G : 3 * G], 3 * G
+        amp_scale = None
+        if scale is not None:
+            amp_scale, off = float(host[off]), off + 1
+        extra_h = {}
         for k, t in extra.items():
             extra_h[k], off = host[off : off + t.numel()], off + t.numel()
         # the sources reset their per-step buffers here, before the next pass's hooks add to them
         extra_fields = {k: v for src in self.extra_sources for k, v in src.host_fields(extra_h).items()}
         has_grad = self._has_grad
         nonfinite = None
-        finite = bool(np.all(np.isfinite(host[:G][has_grad])))
+        finite = bool(np.all(np.isfinite(grad_sq_h[has_grad])))
         if not finite:  # the exact count needs these very gradients
             nonfinite = self._count_nonfinite(gs.pick(all_grads), gs.gid, G)
         self._slow_due = not finite  # the step after a non-finite one: are the weights still finite?
         self._pending = _Pending(scale_before=scale.clone() if scale is not None else None)
-        return SyncedStep(step=step, epoch=epoch, lr=[float(x) for x in lr], host=host, previous=prev_h,
-                          has_grad=has_grad, amp=scale is not None, slow=slow, nonfinite=nonfinite, extra=extra_fields)
+        return SyncedStep(step=step, epoch=epoch, lr=[float(x) for x in lr], previous=prev_h, grad_sq=grad_sq_h,
+                          weight_sq=weight_sq_h, max_abs=max_abs_h, amp_scale=amp_scale, has_grad=has_grad,
+                          nonfinite=nonfinite, extra=extra_fields)
 
-    def _decode(self, synced: "SyncedStep") -> list[StepStats]:
-        """The host side of a logged step: complete the previous record, start this one (plain numpy)."""
+    def decode(self, synced: "SyncedStep") -> list[StepStats]:
+        """The records a sync completed: the previous logged step's, and this one starts (plain numpy; any thread, but
+        one call at a time, in the order of the syncs)."""
         G = self.layout.n_groups
         done = []
         if synced.previous is not None and self._host_pending is not None:
             done.append(self._complete(self._host_pending, synced.previous))
             self._host_pending = None
-        if synced.host is None:
+        if synced.grad_sq is None:
             return done
-        host, has_grad = synced.host, synced.has_grad
-        grad_sq_h = host[:G]
-        off = G
-        if synced.slow:
-            weight_norm, max_abs_h = np.sqrt(host[G : 2 * G]), host[2 * G : 3 * G]
-            self._last_weight_norm, off = weight_norm, 3 * G
+        grad_sq_h, has_grad = synced.grad_sq, synced.has_grad
+        slow = synced.weight_sq is not None
+        if slow:
+            weight_norm, max_abs_h = np.sqrt(synced.weight_sq), synced.max_abs
+            self._last_weight_norm = weight_norm
         else:  # grad/weight from the last measured weight norms (at most update_every - 1 logged steps old)
             weight_norm, max_abs_h = np.full(G, np.nan), np.full(G, np.nan)
-        amp_scale = float(host[off]) if synced.amp else None
         grad_norm = np.sqrt(grad_sq_h)
         w_used = self._last_weight_norm if self._last_weight_norm is not None else np.full(G, np.nan)
         nonfinite = synced.nonfinite if synced.nonfinite is not None else np.zeros(G, dtype=np.int64)
@@ -302,7 +302,7 @@ class GradientCapture:
             step=synced.step,
             epoch=synced.epoch,
             lr=synced.lr,
-            amp_scale=amp_scale,
+            amp_scale=synced.amp_scale,
             amp_skipped=None,
             total_norm=total,
             clip_active=bool(total > self.clip_norm) if math.isfinite(total) else True,
@@ -313,7 +313,7 @@ class GradientCapture:
             update_to_weight=np.full(G, np.nan),
             max_abs_grad=np.where(has_grad, max_abs_h, np.nan),
             nonfinite=nonfinite,
-            weights_measured=synced.slow,
+            weights_measured=slow,
             extra=synced.extra,
         )
         return done
