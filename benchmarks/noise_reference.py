@@ -26,12 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolo_gradmon.measure.noise import NoiseProbe
-from yolo_gradmon.measure.params import GradientCapture
 from yolo_gradmon.fields import plain_values
 from yolo_gradmon.record.logfile import step_record
 from yolo_gradmon.record.noise import _arrays, pooled, windows
-from yolo_gradmon.structure.layout import build_layout
+from yolo_gradmon.testing import noise_capture
 
 GROUPS = 8
 
@@ -112,12 +110,7 @@ def reference(model, pool, b: int, m: int, seed: int) -> dict:
 def window_estimate(model, pool, b: int, k: int, w: int, seed: int) -> dict:
     """``w`` windows of ``k`` micro-batches through the monitor's measurement code, then the record-layer estimator."""
     rng = np.random.default_rng(10_000 + seed)
-    layout = build_layout(model, "layer")
-    capture = GradientCapture(layout, update_ratio=False)
-    noise = NoiseProbe(model, layout)
-    noise.capture = capture
-    capture.extra_sources = [noise]
-    noise.arm(True)
+    capture, noise = noise_capture(model)
     records = []
 
     def keep(done):

@@ -21,6 +21,7 @@ once at import time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -155,6 +156,42 @@ def pytest_collection_modifyitems(config, items):
         why = REAL_COCO8_ONLY.get(f"{Path(str(item.fspath)).name}::{item.name}")
         if why:
             item.add_marker(pytest.mark.skip(reason=f"needs the real COCO8 images: {why}"))
+
+
+@contextlib.contextmanager
+def logged_records():
+    """Everything Ultralytics' LOGGER (which the monitor uses) emits meanwhile; it does not propagate to caplog."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Collect(level=logging.DEBUG)
+    LOGGER.addHandler(handler)
+    try:
+        yield records
+    finally:
+        LOGGER.removeHandler(handler)
+
+
+@pytest.fixture
+def relu_variant_fails(monkeypatch):
+    """The ablation runner's ``activation: relu`` variants raise ``RuntimeError("boom")``; the others train as usual."""
+    from yolo_gradmon.ablate import runner
+
+    real = runner.train_variant
+
+    def relu_fails(grid, variant, out_dir, own_wandb_run=False):
+        if variant.values["activation"] == "relu":
+            raise RuntimeError("boom")
+        return real(grid, variant, out_dir, own_wandb_run)
+
+    monkeypatch.setattr(runner, "train_variant", relu_fails)
 
 
 @pytest.fixture(scope="session")

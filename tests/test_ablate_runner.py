@@ -2,7 +2,6 @@
 project from a temporary working directory, resume, a missing log, bad grids, sweeps."""
 
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from conftest import requires_coco8
+from conftest import logged_records, requires_coco8
 
 from yolo_gradmon import cli
 from yolo_gradmon.ablate.grid import GridError, load_grid
@@ -31,38 +30,20 @@ def grid_file(tmp_path, activations=("silu", "relu", "sigmoid"), **base):
     return p
 
 
-class Lines(logging.Handler):
-    """Collects the Ultralytics LOGGER's messages (it does not propagate to pytest's caplog)."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
     """``yolo-gradmon ablate grid.yaml project=runs/abl name=quick`` from a fresh working directory: a RELATIVE
     project, which Ultralytics alone would nest under its runs_dir/<task>/."""
-    from ultralytics.utils import LOGGER
-
     tmp = tmp_path_factory.mktemp("abl")
     path = grid_file(tmp)
     cwd = tmp / "work"
     cwd.mkdir()
-    handler = Lines()
-    LOGGER.addHandler(handler)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(cwd)
-            assert cli.main(["ablate", str(path), "project=runs/abl", "name=quick"]) == 0
-            grid = load_grid(path, {"project": "runs/abl", "name": "quick"})
-    finally:
-        LOGGER.removeHandler(handler)
+    with logged_records() as records, pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        assert cli.main(["ablate", str(path), "project=runs/abl", "name=quick"]) == 0
+        grid = load_grid(path, {"project": "runs/abl", "name": "quick"})
     out = cwd / "runs" / "abl" / "quick"
-    return tmp, path, grid, out, handler.lines
+    return tmp, path, grid, out, [r.getMessage() for r in records]
 
 
 def test_relative_project_lands_in_the_working_directory(ablation):
@@ -150,17 +131,7 @@ def test_bad_activation_fails_before_training(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
 
 
-def test_failed_variant_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
-    import yolo_gradmon.ablate.runner as runner
-
-    real = runner.train_variant
-
-    def flaky(grid, variant, out_dir, own_wandb_run=False):
-        if variant.values["activation"] == "relu":
-            raise RuntimeError("boom")
-        return real(grid, variant, out_dir, own_wandb_run)
-
-    monkeypatch.setattr(runner, "train_variant", flaky)
+def test_failed_variant_is_recorded_and_the_grid_goes_on(tmp_path, relu_variant_fails):
     path = grid_file(tmp_path, activations=("relu", "tanh"), epochs=1)
     out = run_grid(load_grid(path, {"project": str(tmp_path / "runs"), "name": "f"}))
     df = pl.read_csv(out / "ablation.csv")

@@ -4,43 +4,26 @@
 from __future__ import annotations
 
 import json
-import logging
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import real_coco8, requires_coco8
+from conftest import logged_records, real_coco8, requires_coco8
 from yolo_gradmon import GradientMonitor, read_log
 from yolo_gradmon.demo import synthetic_dataset
 from yolo_gradmon.trainer import GENERATED_MARKER, dataset_facts
 from yolo_gradmon.record.dataset import describe_data
 
 
-class Lines(logging.Handler):
-    """Collects the Ultralytics LOGGER's messages (it does not propagate to pytest's caplog)."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def train(data, tmp_path, name):
     from ultralytics import YOLO
-    from ultralytics.utils import LOGGER
 
-    handler = Lines()
-    LOGGER.addHandler(handler)
-    try:
+    with logged_records() as records:
         m = YOLO("yolo26n.yaml")
         mon = GradientMonitor(wandb=False, log_every=1).attach(m)
         m.train(data=str(data), epochs=1, imgsz=64, batch=2, nbs=2, workers=0, device="cpu", plots=False, val=False,
                 project=str(tmp_path / "runs"), name=name, exist_ok=True)
-    finally:
-        LOGGER.removeHandler(handler)
-    return mon, handler.lines
+    return mon, [r.getMessage() for r in records]
 
 
 @pytest.fixture(scope="module")

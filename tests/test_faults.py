@@ -33,12 +33,11 @@ import polars as pl
 import pytest
 import torch
 import yaml
-from conftest import requires_coco8
+from conftest import logged_records, requires_coco8
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils import LOGGER
 from ultralytics.utils.torch_utils import unwrap_model
 
 import yolo_gradmon.monitor as monitor_mod
@@ -196,23 +195,6 @@ def inject(model, step: int, value: float, n: int, layer: int = 2):
 
     model.add_callback("on_train_batch_start", on_batch_start)
     model.add_callback("on_train_batch_end", on_batch_end)
-
-
-@contextlib.contextmanager
-def logged_records():
-    """Everything Ultralytics' LOGGER (which the monitor uses) emits meanwhile."""
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    handler = Collect(level=logging.DEBUG)
-    LOGGER.addHandler(handler)
-    try:
-        yield records
-    finally:
-        LOGGER.removeHandler(handler)
 
 
 def gradmon_messages(records, level=logging.ERROR) -> list[str]:

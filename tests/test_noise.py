@@ -11,13 +11,11 @@ from torch import nn
 
 from yolo_gradmon import GradientMonitor, GradmonConfig
 from yolo_gradmon.measure import params as capmod
-from yolo_gradmon.measure.noise import NoiseProbe
-from yolo_gradmon.measure.params import GradientCapture
 from yolo_gradmon.measure.schedule import Schedule
 from yolo_gradmon.fields import plain_values
 from yolo_gradmon.record.logfile import read_log, step_record
 from yolo_gradmon.record.noise import _arrays, headline, noise_summary, pooled, unbiased, windows
-from yolo_gradmon.structure.layout import build_layout
+from yolo_gradmon.testing import noise_capture
 
 from conftest import requires_coco8
 
@@ -60,12 +58,7 @@ def _exact(model, x, y) -> tuple[float, float]:
 
 def _windows(model, x, y, b: int, k: int, n_windows: int, seed: int) -> list[dict]:
     """Windows accumulated as Ultralytics does, read by NoiseProbe after the first backward and by the capture."""
-    layout = build_layout(model, "layer")
-    capture = GradientCapture(layout, update_ratio=False)
-    noise = NoiseProbe(model, layout)
-    noise.capture = capture
-    capture.extra_sources = [noise]
-    noise.arm(True)
+    capture, noise = noise_capture(model)
     rng = np.random.default_rng(seed)
     records = []
     for step in range(1, n_windows + 1):
@@ -87,12 +80,7 @@ def test_reads_are_the_first_micro_batch_and_the_window_per_image():
     torch.manual_seed(0)
     model = Toy()
     x, y = _population(2.0)
-    layout = build_layout(model, "layer")
-    capture = GradientCapture(layout, update_ratio=False)
-    noise = NoiseProbe(model, layout)
-    noise.capture = capture
-    capture.extra_sources = [noise]
-    noise.arm(True)
+    capture, noise = noise_capture(model)
     noise.start_window()
     _loss(model, x[:3], y[:3]).backward()
     first = [p.grad.clone() for p in model.parameters()]
@@ -111,12 +99,7 @@ def test_reads_are_the_first_micro_batch_and_the_window_per_image():
 def test_no_small_batch_without_the_window_start_or_with_one_pass():
     model = Toy()
     x, y = _population(1.0)
-    layout = build_layout(model, "layer")
-    capture = GradientCapture(layout, update_ratio=False)
-    noise = NoiseProbe(model, layout)
-    noise.capture = capture
-    capture.extra_sources = [noise]
-    noise.arm(True)
+    capture, noise = noise_capture(model)
     noise.start_window()
     _loss(model, x[:4], y[:4]).backward()  # one pass only: accumulate 1
     capture.step(lambda: None, step=1, epoch=1, logged=True, update=False, lr=[0.0])

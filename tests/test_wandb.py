@@ -24,12 +24,11 @@ import subprocess
 import sys
 import textwrap
 import types
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONFIG_DIR, requires_coco8
+from conftest import CONFIG_DIR, logged_records, requires_coco8
 
 from yolo_gradmon import GradientMonitor, GradmonConfig, read_log
 from yolo_gradmon.judge.rules import KINDS, Flag
@@ -47,25 +46,6 @@ UL_KEYS = ("train/box_loss", "train/cls_loss", "lr/pg0", "metrics/mAP50-95(B)", 
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-@contextmanager
-def logged_records():
-    """Everything Ultralytics' LOGGER (which the monitor uses) emits meanwhile."""
-    from ultralytics.utils import LOGGER
-
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    handler = Collect(level=logging.DEBUG)
-    LOGGER.addHandler(handler)
-    try:
-        yield records
-    finally:
-        LOGGER.removeHandler(handler)
-
-
 def gradmon_warnings(records) -> list[str]:
     """The monitor's warnings other than the console's flag lines ("<kind> gradients in <module> ...")."""
     flag_lines = tuple(f"{PREFIX}{k} gradients in " for k in KINDS)

@@ -29,9 +29,11 @@ from ultralytics.utils.torch_utils import unwrap_model
 from .config import GradmonConfig
 from .judge.rules import running_median
 from .measure.flow import output_tensors
+from .measure.noise import NoiseProbe
+from .measure.params import GradientCapture
 from .structure.graph import consumers, cut_ratio
 from .structure.graph import upstream_only
-from .structure.layout import layer_names, layer_sources, top_layers
+from .structure.layout import build_layout, layer_names, layer_sources, top_layers
 
 
 class GradientPlant:
@@ -112,6 +114,20 @@ class GradientPlant:
         if math.isnan(self.factor):
             return torch.full_like(grad, float("nan"))
         return grad * self.factor
+
+
+def noise_capture(model: nn.Module) -> tuple[GradientCapture, NoiseProbe]:
+    """The monitor's noise-scale path without a trainer or the depth hooks: a layer-granularity capture (no update
+    ratio) whose one sync carries an armed :class:`~yolo_gradmon.measure.noise.NoiseProbe`, as
+    :class:`~yolo_gradmon.measure.probe.ModelProbe` wires them. Call ``noise.start_window()`` and ``noise.read_small()``
+    around the micro-batches, then ``capture.step(...)``."""
+    layout = build_layout(model, "layer")
+    capture = GradientCapture(layout, update_ratio=False)
+    noise = NoiseProbe(model, layout)
+    noise.capture = capture
+    capture.extra_sources = [noise]
+    noise.arm(True)
+    return capture, noise
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
