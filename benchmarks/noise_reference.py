@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 from yolo_gradmon.fields import plain_values
-from yolo_gradmon.record.logfile import step_record
 from yolo_gradmon.record.noise import _arrays, pooled, windows
-from yolo_gradmon.testing import noise_capture
+from yolo_gradmon.testing import noise_windows
 
 GROUPS = 8
 
@@ -110,23 +109,7 @@ def reference(model, pool, b: int, m: int, seed: int) -> dict:
 def window_estimate(model, pool, b: int, k: int, w: int, seed: int) -> dict:
     """``w`` windows of ``k`` micro-batches through the monitor's measurement code, then the record-layer estimator."""
     rng = np.random.default_rng(10_000 + seed)
-    capture, noise = noise_capture(model)
-    records = []
-
-    def keep(done):
-        for s in done:
-            records.append(step_record(s, None))  # plain, the extra (noise) fields included
-
-    for step in range(1, w + 1):
-        model.zero_grad(set_to_none=True)
-        noise.start_window()
-        for j in range(k):
-            if j == 1:
-                noise.read_small()
-            backward(model, collate(pool, rng.integers(0, len(pool), b)))
-        keep(capture.step(lambda: None, step=step, epoch=1, logged=True, update=False, lr=[0.0]))
-    keep(capture.flush())
-    noise.remove()
+    records = noise_windows(model, w, k, lambda: backward(model, collate(pool, rng.integers(0, len(pool), b))))
     model.zero_grad(set_to_none=True)
     wins = windows(records)
     g2, tr = _arrays(wins)

@@ -13,9 +13,9 @@ from yolo_gradmon import GradientMonitor, GradmonConfig
 from yolo_gradmon.measure import params as capmod
 from yolo_gradmon.measure.schedule import Schedule
 from yolo_gradmon.fields import plain_values
-from yolo_gradmon.record.logfile import read_log, step_record
+from yolo_gradmon.record.logfile import read_log
 from yolo_gradmon.record.noise import _arrays, headline, noise_summary, pooled, unbiased, windows
-from yolo_gradmon.testing import noise_capture
+from yolo_gradmon.testing import noise_capture, noise_windows
 
 from conftest import requires_coco8
 
@@ -58,22 +58,13 @@ def _exact(model, x, y) -> tuple[float, float]:
 
 def _windows(model, x, y, b: int, k: int, n_windows: int, seed: int) -> list[dict]:
     """Windows accumulated as Ultralytics does, read by NoiseProbe after the first backward and by the capture."""
-    capture, noise = noise_capture(model)
     rng = np.random.default_rng(seed)
-    records = []
-    for step in range(1, n_windows + 1):
-        model.zero_grad(set_to_none=True)
-        noise.start_window()
-        for j in range(k):
-            if j == 1:
-                noise.read_small()
-            idx = torch.as_tensor(rng.integers(0, len(x), b))
-            _loss(model, x[idx], y[idx]).backward()
-        records += [step_record(s, None)
-                    for s in capture.step(lambda: None, step=step, epoch=1, logged=True, update=False, lr=[0.0])]
-    records += [step_record(s, None) for s in capture.flush()]
-    noise.remove()
-    return records
+
+    def micro_batch():
+        idx = torch.as_tensor(rng.integers(0, len(x), b))
+        _loss(model, x[idx], y[idx]).backward()
+
+    return noise_windows(model, n_windows, k, micro_batch)
 
 
 def test_reads_are_the_first_micro_batch_and_the_window_per_image():

@@ -20,6 +20,7 @@ head only through it receive the scaled gradient — what a real cut (a saturate
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from .judge.rules import running_median
 from .measure.flow import output_tensors
 from .measure.noise import NoiseProbe
 from .measure.params import GradientCapture
+from .record.logfile import step_record
 from .structure.graph import consumers, cut_ratio
 from .structure.graph import upstream_only
 from .structure.layout import build_layout, layer_names, layer_sources, top_layers
@@ -128,6 +130,26 @@ def noise_capture(model: nn.Module) -> tuple[GradientCapture, NoiseProbe]:
     capture.extra_sources = [noise]
     noise.arm(True)
     return capture, noise
+
+
+def noise_windows(model: nn.Module, n_windows: int, k: int, micro_batch: Callable[[], None]) -> list[dict]:
+    """``n_windows`` optimizer steps of ``k`` micro-batches each (``micro_batch()`` runs one forward/backward), read as
+    the monitor reads them: the first micro-batch's gradient before the second pass, the accumulated one at the step.
+    Returns the plain step records (their ``gns_*`` fields are the noise scale's raw material)."""
+    capture, noise = noise_capture(model)
+    records = []
+    for step in range(1, n_windows + 1):
+        model.zero_grad(set_to_none=True)
+        noise.start_window()
+        for j in range(k):
+            if j == 1:
+                noise.read_small()
+            micro_batch()
+        done = capture.step(lambda: None, step=step, epoch=1, logged=True, update=False, lr=[0.0])
+        records += [step_record(s, None) for s in done]
+    records += [step_record(s, None) for s in capture.flush()]
+    noise.remove()
+    return records
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
