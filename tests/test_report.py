@@ -164,6 +164,7 @@ def test_render_report_real_run(trained):
     parsed = parse_html(text)
     body = " ".join(parsed.text)
     assert "yolo26n.yaml" in body and "layer" in body and "training finished" in body
+    assert "max |grad| are measured on one logged step in 10" in body  # the sampled columns say so
     for src in parsed.imgs:  # the embedded images decode to PNGs
         assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_SIGNATURE
 

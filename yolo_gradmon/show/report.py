@@ -224,6 +224,10 @@ def _html_page(summary: dict, steps: pl.DataFrame | None, log_path: Path, images
     no_grad = n_mod - len(stats)
     stats_note = (f'<p class="muted">{no_grad} module(s) never received a gradient and are not listed.</p>'
                   if no_grad > 0 else "")
+    every = (summary.get("config") or {}).get("update_every", GradmonConfig.update_every)
+    if stats and every > 1:  # sampled columns: say over which steps (the "steps" column counts every logged step)
+        stats_note += (f'<p class="muted">‖Δw‖/‖w‖ and max |grad| are measured on one logged step in {every} '
+                       f"(<code>update_every={every}</code>); the other columns on every logged step.</p>")
     layer_html = ""
     if summary.get("layer_stats"):
         headers, rows, classes = _layer_rows(summary)
